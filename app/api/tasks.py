@@ -1,0 +1,67 @@
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Path, Query
+
+from app.api.deps import ServiceDep
+from app.models import (
+    BulkStatusUpdate,
+    ErrorOut,
+    IngestResponse,
+    TaskOut,
+    TaskPageOut,
+    TaskStatus,
+    UpdateStatusResponse,
+)
+
+router = APIRouter(prefix="/api/tasks", tags=["tasks"])
+
+RecordId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The task's record id")]
+Payloads = Annotated[list[dict[str, Any]], Body(description="Task payloads: a JSON list of objects")]
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut} for code in (400, 401, 404, 409, 413, 422, 502, 503)
+}
+
+
+@router.post("/ingest", response_model=IngestResponse, responses=_ERRORS)
+async def ingest(
+    service: ServiceDep,
+    payloads: Payloads,
+    priority: Annotated[int | None, Query(ge=-1_000_000, le=1_000_000)] = None,
+) -> IngestResponse:
+    """Store new tasks as PENDING; payloads seen before are reported as duplicates."""
+    return await service.ingest_tasks(payloads, priority)
+
+
+@router.post("/update-status", response_model=UpdateStatusResponse, responses=_ERRORS)
+async def update_status(service: ServiceDep, update: BulkStatusUpdate) -> UpdateStatusResponse:
+    """Workers report finished tasks by record id (their Celery task id)."""
+    return await service.update_status(update)
+
+
+@router.get("", response_model=TaskPageOut, responses=_ERRORS)
+async def list_tasks(
+    service: ServiceDep,
+    status: TaskStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    page_token: Annotated[str | None, Query(max_length=512)] = None,
+) -> TaskPageOut:
+    page = await service.list_tasks(status, limit, page_token)
+    items = [TaskOut.of(record) for record in page.items]
+    return TaskPageOut(items=items, next_page_token=page.next_page_token, total=page.total)
+
+
+@router.get("/{record_id}", response_model=TaskOut, responses=_ERRORS)
+async def get_task(service: ServiceDep, record_id: RecordId) -> TaskOut:
+    return TaskOut.of(await service.get_task(record_id))
+
+
+@router.post("/{record_id}/retry", response_model=TaskOut, responses=_ERRORS)
+async def retry_task(service: ServiceDep, record_id: RecordId) -> TaskOut:
+    """FAILED or CANCELLED → PENDING, with the attempt count reset."""
+    return TaskOut.of(await service.retry_task(record_id))
+
+
+@router.delete("/{record_id}", response_model=TaskOut, responses=_ERRORS)
+async def cancel_task(service: ServiceDep, record_id: RecordId) -> TaskOut:
+    """PENDING → CANCELLED: the task stays in the pool, withdrawn."""
+    return TaskOut.of(await service.cancel_task(record_id))

@@ -1,0 +1,52 @@
+from typing import Any
+
+
+class ServiceError(Exception):
+    """An error the API renders as `{"error", "detail"}` with its own HTTP status."""
+
+    status_code = 500
+    error = "internal_error"
+
+    def __init__(self, detail: str, *, extra: dict[str, Any] | None = None, headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra or {}
+        self.headers = headers or {}
+
+
+class InvalidInput(ServiceError):
+    status_code = 422
+    error = "invalid_input"
+
+
+class TooManyTasks(ServiceError):
+    status_code = 413
+    error = "too_many_tasks"
+
+
+class NotFound(ServiceError):
+    status_code = 404
+    error = "not_found"
+
+
+class Conflict(ServiceError):
+    status_code = 409
+    error = "conflict"
+
+
+class StoreUnavailable(ServiceError):
+    """The store stayed unreachable after retries; the same request may be sent again."""
+
+    status_code = 503
+    error = "store_unavailable"
+
+    def __init__(self, detail: str, *, retry_after: int = 30, extra: dict[str, Any] | None = None):
+        super().__init__(detail, extra=extra, headers={"Retry-After": str(retry_after)})
+        self.retry_after = retry_after
+
+
+class StoreRejected(ServiceError):
+    """The store refused the request for a reason retrying cannot fix (schema, permissions, limits)."""
+
+    status_code = 502
+    error = "store_rejected"

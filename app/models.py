@@ -1,0 +1,132 @@
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class TaskStatus(StrEnum):
+    PENDING = "PENDING"
+    PROCESSING = "PROCESSING"
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+FINISHED = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """A validated payload on its way into the store."""
+
+    identifier: str
+    payload: dict[str, Any]
+    canonical: str
+    priority: int | None = None
+    status: TaskStatus = TaskStatus.PENDING
+    claimed_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """Where one identifier lives, and whether this call created it."""
+
+    identifier: str
+    record_id: str | None  # None: seen before, but its row has since been pruned
+    created: bool
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    record_id: str
+    identifier: str | None
+    status: TaskStatus | None
+    payload: dict[str, Any]
+    priority: float | None = None
+    created_at: datetime | None = None
+    claimed_at: datetime | None = None
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    record_id: str
+    status: TaskStatus
+    claimed_at: datetime | None = None  # set on a claim
+    attempts: int | None = None  # the new count, on a claim
+
+
+@dataclass(slots=True)
+class TaskPage:
+    items: list[TaskRecord]
+    next_page_token: str | None
+    total: int | None = None
+
+
+# ---- API schemas -------------------------------------------------------------------------------
+
+
+class ItemOutcome(BaseModel):
+    identifier: str
+    record_id: str | None
+    outcome: Literal["created", "duplicate", "published", "already_queued", "already_done", "deferred"]
+
+
+class IngestResponse(BaseModel):
+    received: int
+    created: int
+    duplicates: int
+    items: list[ItemOutcome]
+
+
+class BulkStatusUpdate(BaseModel):
+    """Record ids per new status, as workers report them."""
+
+    model_config = {"extra": "forbid"}
+
+    SUCCESS: list[str] = Field(default_factory=list)
+    FAILED: list[str] = Field(default_factory=list)
+    PENDING: list[str] = Field(default_factory=list)
+    CANCELLED: list[str] = Field(default_factory=list)
+
+
+class UpdateStatusResponse(BaseModel):
+    updated: dict[str, int]
+    not_found: list[str]
+
+
+class TaskOut(BaseModel):
+    record_id: str
+    identifier: str | None
+    status: TaskStatus | None
+    payload: dict[str, Any]
+    priority: float | None
+    created_at: datetime | None
+    claimed_at: datetime | None
+    attempts: int
+
+    @classmethod
+    def of(cls, record: TaskRecord) -> "TaskOut":
+        return cls(
+            record_id=record.record_id,
+            identifier=record.identifier,
+            status=record.status,
+            payload=record.payload,
+            priority=record.priority,
+            created_at=record.created_at,
+            claimed_at=record.claimed_at,
+            attempts=record.attempts,
+        )
+
+
+class TaskPageOut(BaseModel):
+    items: list[TaskOut]
+    next_page_token: str | None
+    total: int | None
+
+
+class ErrorOut(BaseModel):
+    error: str
+    detail: Any

@@ -1,0 +1,15 @@
+from app.config import Settings, StoreKind
+from app.store.base import TaskStore
+
+
+def build_store(settings: Settings) -> TaskStore:
+    if settings.store_kind is StoreKind.BITABLE:
+        from app.store.bitable import BitableTaskStore
+
+        return BitableTaskStore.from_settings(settings)
+    from app.store.sqlite import SqliteTaskStore
+
+    return SqliteTaskStore(settings.data_dir / "tasks.db")
+
+
+__all__ = ["TaskStore", "build_store"]

@@ -1,0 +1,34 @@
+from collections.abc import Sequence
+from typing import Protocol
+
+from app.models import NewTask, StatusChange, Stored, TaskPage, TaskRecord, TaskStatus
+
+
+class TaskStore(Protocol):
+    """The task pool. Adapters raise only `app.errors` types; nothing vendor-shaped leaves them."""
+
+    async def open(self) -> None:
+        """Connect, check the schema, and make the identifier index complete."""
+
+    async def close(self) -> None: ...
+
+    async def add(self, tasks: Sequence[NewTask]) -> list[Stored]:
+        """Store the tasks whose identifiers were never seen; one `Stored` per task, in order.
+
+        Dedup is atomic across concurrent calls. On `StoreUnavailable`, `extra["stored"]` lists the
+        `Stored` entries that are certain, so the caller can tell the client what landed.
+        """
+
+    async def lookup(self, identifiers: Sequence[str]) -> dict[str, str | None]:
+        """Identifier → record id (None once pruned) for the identifiers already seen."""
+
+    async def get(self, record_ids: Sequence[str]) -> dict[str, TaskRecord]:
+        """The records that exist, by record id."""
+
+    async def update(self, changes: Sequence[StatusChange]) -> list[str]:
+        """Apply the changes whose record exists; answer the record ids that do not."""
+
+    async def page(self, status: TaskStatus | None, limit: int, page_token: str | None) -> TaskPage: ...
+
+    async def reindex(self) -> int:
+        """Rebuild the identifier index from the pool; answer how many identifiers it holds."""

@@ -1,0 +1,441 @@
+import asyncio
+import json
+import logging
+import math
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.config import Settings
+from app.errors import InvalidInput, StoreRejected, StoreUnavailable
+from app.models import NewTask, StatusChange, Stored, TaskPage, TaskRecord, TaskStatus
+from app.store.feishu import AlreadyApplied, FeishuTable, RecordMissing
+from app.store.index import IdentifierIndex, State
+from app.store.records import chunked, from_ms, now_ms, to_ms
+
+log = logging.getLogger(__name__)
+
+TEXT, NUMBER, SINGLE_SELECT, DATE = 1, 2, 3, 5
+PLAIN_TYPES = {TEXT, NUMBER, SINGLE_SELECT, DATE}
+
+IDENTIFIER, STATUS, PAYLOAD, CREATED_AT = "Identifier", "Status", "Payload", "CreatedAt"
+PRIORITY, ATTEMPTS, CLAIMED_AT = "Priority", "Attempts", "ClaimedAt"
+REQUIRED = {IDENTIFIER: TEXT, STATUS: SINGLE_SELECT, PAYLOAD: TEXT, CREATED_AT: DATE}
+OPTIONAL = {PRIORITY: NUMBER, ATTEMPTS: NUMBER, CLAIMED_AT: DATE}
+COLUMNS = {**REQUIRED, **OPTIONAL}
+STATUS_OPTIONS = {"options": [{"name": status.value} for status in TaskStatus]}
+
+MAX_CREATE = 1_000  # records per batch_create / batch_update
+MAX_GET = 100  # record ids per batch_get
+MAX_PAGE = 500  # search page_size
+MAX_CONDITIONS = 50
+MAX_FILTER_CHARS = 2_000
+
+
+@dataclass(slots=True)
+class _Job:
+    """One new row waiting for the single writer; `group` keeps one request's rows together."""
+
+    identifier: str
+    row: dict[str, Any]
+    future: asyncio.Future
+    group: int
+    uncertain: bool  # an earlier write of it may have landed: look before writing
+
+
+@dataclass(slots=True)
+class _Schema:
+    types: dict[str, int] = field(default_factory=dict)
+
+    def has(self, name: str) -> bool:
+        return self.types.get(name) == COLUMNS.get(name, self.types.get(name))
+
+    @property
+    def mirrors(self) -> dict[str, int]:
+        """Plain columns a same-named top-level payload key is copied into, for sorting and filtering."""
+        return {name: t for name, t in self.types.items() if t in PLAIN_TYPES and name not in COLUMNS}
+
+
+class BitableTaskStore:
+    """The task pool in a Feishu Bitable, with a local identifier index for dedup."""
+
+    def __init__(self, table: FeishuTable, index: IdentifierIndex, *, linger_seconds: float = 0.02):
+        self.table = table
+        self.index = index
+        self._linger = linger_seconds
+        self._schema = _Schema()
+        self._write_lock = asyncio.Lock()  # the docs advise one write at a time per table
+        self._queue: deque[_Job] = deque()
+        self._wake = asyncio.Event()
+        self._inflight: dict[str, asyncio.Future] = {}
+        self._writer: asyncio.Task | None = None
+        self._groups = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "BitableTaskStore":
+        table = FeishuTable.build(
+            settings.feishu_app_id,
+            settings.feishu_app_secret.get_secret_value(),
+            settings.feishu_bitable_app_token,
+            settings.feishu_bitable_table_id,
+            settings.feishu_domain,
+            settings.feishu_timeout_seconds,
+            attempts=settings.feishu_retry_attempts,
+            backoff_base=settings.feishu_retry_base_seconds,
+        )
+        index = IdentifierIndex(settings.data_dir / f"index-{settings.feishu_bitable_table_id}.db")
+        return cls(table, index, linger_seconds=settings.feishu_write_linger_ms / 1000)
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self.load_schema()
+        self.index.open()
+        if not self.index.complete:
+            log.warning("identifier index missing or incomplete: rebuilding it from the table")
+            await self.reindex()
+        await self._reconcile_writing()
+        self._writer = asyncio.create_task(self._write_loop(), name="bitable-writer")
+
+    async def load_schema(self) -> None:
+        self._schema = _Schema({f.name: f.type for f in await self.table.list_fields()})
+        wrong = [
+            f"{name} (needs type {want}, has {self._schema.types.get(name, 'none')})"
+            for name, want in REQUIRED.items()
+            if self._schema.types.get(name) != want
+        ]
+        if wrong:
+            raise StoreRejected(
+                f"the Bitable table lacks required columns: {', '.join(wrong)}; run `python -m app setup-bitable`"
+            )
+        missing = [name for name in OPTIONAL if not self._schema.has(name)]
+        if missing:
+            log.warning(
+                "optional columns missing or of another type: %s; priority ordering, attempts and lease recovery "
+                "need them (`python -m app setup-bitable` adds them)",
+                ", ".join(missing),
+            )
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+            self._writer = None
+        self.index.close()
+
+    # ---- adding, through the single writer ------------------------------------------------------
+
+    async def add(self, tasks: Sequence[NewTask]) -> list[Stored]:
+        known = self.index.lookup([task.identifier for task in tasks])
+        self._groups += 1
+        created_at = now_ms()
+        waits: dict[str, asyncio.Future] = {}
+        mine: set[str] = set()
+        results: dict[str, Stored] = {}
+        for task in tasks:
+            entry = known.get(task.identifier)
+            if task.identifier in results or task.identifier in waits:
+                continue
+            if entry is not None and entry.state is not State.WRITING:
+                results[task.identifier] = Stored(task.identifier, entry.record_id, created=False)
+            elif task.identifier in self._inflight:
+                waits[task.identifier] = self._inflight[task.identifier]
+            else:
+                future = asyncio.get_running_loop().create_future()
+                self._inflight[task.identifier] = waits[task.identifier] = future
+                mine.add(task.identifier)
+                row = self._row(task, created_at)
+                self._queue.append(_Job(task.identifier, row, future, self._groups, uncertain=entry is not None))
+        if mine:
+            self._wake.set()
+        # shielded: a client that hangs up must not cancel a write other requests share
+        outcomes = await asyncio.gather(*(asyncio.shield(f) for f in waits.values()), return_exceptions=True)
+        failure: BaseException | None = None
+        for identifier, outcome in zip(waits, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                failure = failure or outcome
+                continue
+            results[identifier] = Stored(identifier, outcome.record_id, outcome.created and identifier in mine)
+        if isinstance(failure, StoreUnavailable):  # a fresh error: the writer's one is shared by every waiter
+            raise StoreUnavailable(
+                failure.detail, retry_after=failure.retry_after, extra={"stored": [*results.values()]}
+            )
+        if failure is not None:
+            raise failure
+        return [results[task.identifier] for task in tasks]
+
+    def _row(self, task: NewTask, created_at: int) -> dict[str, Any]:
+        row = {}
+        for name, column_type in self._schema.mirrors.items():
+            if name in task.payload:
+                value = _mirror_value(task.payload[name], column_type)
+                if value is not None:
+                    row[name] = value
+        row |= {IDENTIFIER: task.identifier, STATUS: task.status.value, PAYLOAD: task.canonical, CREATED_AT: created_at}
+        if task.priority is not None and self._schema.has(PRIORITY):
+            row[PRIORITY] = task.priority
+        if task.claimed_at is not None:
+            row |= self._claim_fields(task.claimed_at, 1)
+        return row
+
+    def _claim_fields(self, claimed_at: Any, attempts: int | None) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        if claimed_at is not None and self._schema.has(CLAIMED_AT):
+            fields[CLAIMED_AT] = to_ms(claimed_at)
+        if attempts is not None and self._schema.has(ATTEMPTS):
+            fields[ATTEMPTS] = attempts
+        return fields
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            if self._linger and len(self._queue) < MAX_CREATE:
+                await asyncio.sleep(self._linger)  # a short window in which concurrent ingests join one call
+            async with self._write_lock:
+                batch = [self._queue.popleft() for _ in range(min(MAX_CREATE, len(self._queue)))]
+                if not self._queue:
+                    self._wake.clear()
+                try:
+                    await self._write_jobs(batch)
+                except Exception as exc:  # the writer must outlive any one batch
+                    log.exception("bitable writer: batch of %d failed", len(batch))
+                    _settle(batch, exc=exc)
+                finally:
+                    for job in batch:
+                        self._inflight.pop(job.identifier, None)
+
+    async def _write_jobs(self, batch: list[_Job]) -> None:
+        uncertain = [job for job in batch if job.uncertain]
+        if uncertain:
+            found = await self._find_identifiers([job.identifier for job in uncertain])
+            self.index.mark_stored(found.items())
+            _settle([job for job in uncertain if job.identifier in found], found=found)
+            batch = [job for job in batch if job.identifier not in found]
+        if not batch:
+            return
+        try:
+            await self._create(batch)
+        except StoreRejected:
+            groups = {job.group for job in batch}
+            if len(groups) == 1:
+                raise
+            for group in groups:  # one request's bad row must not fail the requests it was batched with
+                jobs = [job for job in batch if job.group == group]
+                try:
+                    await self._create(jobs)
+                except StoreRejected as exc:
+                    _settle(jobs, exc=exc)
+
+    async def _create(self, jobs: list[_Job]) -> None:
+        identifiers = [job.identifier for job in jobs]
+        self.index.mark_writing(identifiers)  # write-ahead: a crash from here on is reconciled at start
+        try:
+            records = await self.table.batch_create([job.row for job in jobs], client_token=str(uuid.uuid4()))
+        except AlreadyApplied:
+            found = await self._find_identifiers(identifiers)
+        except StoreRejected:
+            self.index.forget_writing(identifiers)
+            raise
+        else:
+            found = _match_created(jobs, records)
+        self.index.mark_stored(found.items())
+        _settle(jobs, found=found, created=True)
+        lost = [job for job in jobs if not job.future.done()]
+        if lost:
+            _settle(lost, exc=StoreUnavailable("Feishu did not confirm every row of a write; send them again"))
+
+    async def _reconcile_writing(self) -> None:
+        """Settle writes a crash or an outage left unanswered: keep what landed, forget the rest."""
+        writing = self.index.writing()
+        if not writing:
+            return
+        found = await self._find_identifiers(writing)
+        self.index.mark_stored(found.items())
+        self.index.forget_writing([i for i in writing if i not in found])
+        log.info("reconciled %d unconfirmed writes: %d had landed", len(writing), len(found))
+
+    async def _find_identifiers(self, identifiers: Sequence[str]) -> dict[str, str]:
+        """Identifier → record id for those present in the table, by `or` searches within the filter limits."""
+        found: dict[str, str] = {}
+        for chunk in _filter_chunks(list(identifiers)):
+            filter_ = {"conjunction": "or", "conditions": [_is(IDENTIFIER, i) for i in chunk]}
+            token = None
+            while True:
+                page = await self.table.search(filter_=filter_, field_names=[IDENTIFIER], page_token=token)
+                for record_id, fields in page.records:
+                    found.setdefault(_plain(fields.get(IDENTIFIER)), record_id)
+                if not (token := page.page_token):
+                    break
+        return {i: found[i] for i in identifiers if i in found}
+
+    # ---- reading and updating -------------------------------------------------------------------
+
+    async def lookup(self, identifiers: Sequence[str]) -> dict[str, str | None]:
+        return {i: e.record_id for i, e in self.index.lookup(identifiers).items() if e.state is not State.WRITING}
+
+    async def get(self, record_ids: Sequence[str]) -> dict[str, TaskRecord]:
+        found = {}
+        for chunk in chunked(list(dict.fromkeys(record_ids)), MAX_GET):
+            for record_id, fields in await self.table.batch_get(chunk):
+                found[record_id] = self._decode(record_id, fields)
+        return found
+
+    async def update(self, changes: Sequence[StatusChange]) -> list[str]:
+        not_found: list[str] = []
+        for chunk in chunked(list(changes), MAX_CREATE):
+            rows = [
+                (c.record_id, {STATUS: c.status.value, **self._claim_fields(c.claimed_at, c.attempts)}) for c in chunk
+            ]
+            async with self._write_lock:
+                try:
+                    await self.table.batch_update(rows)
+                except RecordMissing:  # the whole batch was refused: find the strangers, update the rest
+                    existing = {
+                        rid
+                        for ids in chunked([r for r, _ in rows], MAX_GET)
+                        for rid, _ in await self.table.batch_get(ids)
+                    }
+                    not_found += [record_id for record_id, _ in rows if record_id not in existing]
+                    rows = [row for row in rows if row[0] in existing]
+                    if rows:
+                        await self.table.batch_update(rows)
+        return not_found
+
+    async def page(self, status: TaskStatus | None, limit: int, page_token: str | None) -> TaskPage:
+        filter_ = {"conjunction": "and", "conditions": [_is(STATUS, status.value)]} if status else None
+        try:
+            page = await self.table.search(
+                filter_=filter_,
+                sort=[{"field_name": CREATED_AT, "desc": False}],
+                page_size=min(limit, MAX_PAGE),
+                page_token=page_token,
+            )
+        except StoreRejected as exc:
+            if page_token:
+                raise InvalidInput(f"page_token was refused: {exc.detail}") from None
+            raise
+        items = [self._decode(record_id, fields) for record_id, fields in page.records]
+        return TaskPage(items=items, next_page_token=page.page_token, total=page.total)
+
+    async def reindex(self) -> int:
+        """Read every Identifier (500 a page) into the index; identifiers already known stay."""
+        self.index.mark_complete(False)
+        token = None
+        while True:
+            page = await self.table.search(field_names=[IDENTIFIER], page_size=MAX_PAGE, page_token=token)
+            pairs = [(_plain(fields.get(IDENTIFIER)), rid) for rid, fields in page.records]
+            self.index.mark_stored([(i, rid) for i, rid in pairs if _is_identifier(i)])
+            if not (token := page.page_token):
+                break
+        self.index.mark_complete(True)
+        return self.index.count()
+
+    def _decode(self, record_id: str, fields: dict[str, Any]) -> TaskRecord:
+        plain = {name: _plain(value) for name, value in fields.items()}
+        payload = _payload(plain.get(PAYLOAD))
+        if payload is None:  # typed in by hand: its plain columns are the payload
+            payload = {k: v for k, v in plain.items() if k not in COLUMNS and self._schema.types.get(k) in PLAIN_TYPES}
+        status = plain.get(STATUS)
+        return TaskRecord(
+            record_id=record_id,
+            identifier=plain.get(IDENTIFIER) or None,
+            status=TaskStatus(status) if status in TaskStatus.__members__ else None,
+            payload=payload,
+            priority=_number(plain.get(PRIORITY)),
+            created_at=from_ms(_number(plain.get(CREATED_AT))),
+            claimed_at=from_ms(_number(plain.get(CLAIMED_AT))),
+            attempts=int(_number(plain.get(ATTEMPTS)) or 0),
+        )
+
+
+# ---- value shapes -------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """Bitable's read shapes back to plain values: text segments are joined, the rest kept."""
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return "".join(str(segment.get("text", "")) for segment in value)
+    if isinstance(value, dict) and "text" in value:
+        return value["text"]
+    return value
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _payload(text: Any) -> dict[str, Any] | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def _mirror_value(value: Any, column_type: int) -> Any:
+    """The value as the column takes it, or None when it does not fit (never fail a write over a mirror)."""
+    is_number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if column_type == TEXT and (isinstance(value, str) or is_number):
+        return str(value) if value != "" else None
+    if column_type == NUMBER and is_number:
+        return value
+    if column_type == SINGLE_SELECT and isinstance(value, str) and value:
+        return value
+    if column_type == DATE and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def _is_identifier(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _is(field_name: str, value: str) -> dict[str, Any]:
+    return {"field_name": field_name, "operator": "is", "value": [value]}
+
+
+def _filter_chunks(identifiers: list[str]) -> list[list[str]]:
+    """Split into `or` filters that stay under 50 conditions and 2,000 characters of JSON."""
+    overhead = len(json.dumps({"conjunction": "or", "conditions": []}))
+    per = len(json.dumps(_is(IDENTIFIER, "0" * 64))) + 2
+    size = max(1, min(MAX_CONDITIONS, (MAX_FILTER_CHARS - overhead) // per))
+    return [identifiers[i : i + size] for i in range(0, len(identifiers), size)]
+
+
+def _match_created(jobs: list[_Job], records: list[tuple[str, dict[str, Any]]]) -> dict[str, str]:
+    """Identifier → new record id, by the echoed Identifier, else by position when the counts agree."""
+    wanted = {job.identifier for job in jobs}
+    found = {}
+    for record_id, fields in records:
+        identifier = _plain(fields.get(IDENTIFIER))
+        if identifier in wanted:
+            found[identifier] = record_id
+    if len(found) < len(jobs) and len(records) == len(jobs):
+        found = {job.identifier: record_id for job, (record_id, _) in zip(jobs, records, strict=True)}
+    return found
+
+
+def _settle(
+    jobs: Sequence[_Job],
+    *,
+    found: dict[str, str] | None = None,
+    created: bool = False,
+    exc: BaseException | None = None,
+) -> None:
+    for job in jobs:
+        if job.future.done():
+            continue
+        if exc is not None:
+            job.future.set_exception(exc)
+        elif found is not None and job.identifier in found:
+            job.future.set_result(Stored(job.identifier, found[job.identifier], created=created))

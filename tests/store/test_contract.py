@@ -1,0 +1,111 @@
+"""One contract, both adapters: every test here runs against SQLite and against Bitable (emulator)."""
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+
+from app.errors import InvalidInput
+from app.identity import canonical_json, task_identifier
+from app.models import NewTask, StatusChange, TaskStatus
+
+
+def new_task(n: int, priority: int | None = None, **extra) -> NewTask:
+    payload = {"n": n, **extra}
+    return NewTask(task_identifier(payload), payload, canonical_json(payload), priority)
+
+
+async def test_add_creates_pending_records_readable_by_id(store):
+    stored = await store.add([new_task(1, priority=7), new_task(2)])
+    assert [s.created for s in stored] == [True, True]
+    assert all(s.record_id for s in stored)
+    records = await store.get([s.record_id for s in stored])
+    first = records[stored[0].record_id]
+    assert first.payload == {"n": 1}
+    assert first.identifier == stored[0].identifier
+    assert first.status is TaskStatus.PENDING
+    assert first.priority == 7
+    assert first.attempts == 0
+    assert abs((datetime.now(UTC) - first.created_at).total_seconds()) < 60
+    assert records[stored[1].record_id].priority is None
+
+
+async def test_add_skips_identifiers_seen_before(store):
+    first = await store.add([new_task(1), new_task(2)])
+    again = await store.add([new_task(2), new_task(3)])
+    assert [s.created for s in again] == [False, True]
+    assert again[0].record_id == first[1].record_id
+    assert (await store.lookup([first[0].identifier, "0" * 64])) == {first[0].identifier: first[0].record_id}
+
+
+async def test_concurrent_adds_store_each_identifier_once(store):
+    batches = [[new_task(n) for n in range(start, start + 30)] for start in range(0, 100, 10)]
+    results = await asyncio.gather(*(store.add(batch) for batch in batches))
+    by_identifier: dict[str, set[str]] = {}
+    created = {}
+    for stored in (s for batch in results for s in batch):
+        by_identifier.setdefault(stored.identifier, set()).add(stored.record_id)
+        created[stored.identifier] = created.get(stored.identifier, 0) + stored.created
+    assert len(by_identifier) == 120
+    assert all(len(ids) == 1 for ids in by_identifier.values())
+    assert set(created.values()) == {1}
+    page = await store.page(None, 500, None)
+    assert page.total == 120
+
+
+async def test_update_applies_known_ids_and_reports_the_rest(store):
+    stored = await store.add([new_task(1), new_task(2)])
+    a, b = (s.record_id for s in stored)
+    not_found = await store.update([StatusChange(a, TaskStatus.SUCCESS), StatusChange("recMISSING00000", TaskStatus.FAILED)])
+    assert not_found == ["recMISSING00000"]
+    records = await store.get([a, b])
+    assert records[a].status is TaskStatus.SUCCESS
+    assert records[b].status is TaskStatus.PENDING
+
+
+async def test_update_writes_claim_fields(store):
+    (stored,) = await store.add([new_task(1)])
+    claimed_at = datetime(2026, 11, 1, 12, 30, tzinfo=UTC)
+    await store.update([StatusChange(stored.record_id, TaskStatus.PROCESSING, claimed_at=claimed_at, attempts=2)])
+    record = (await store.get([stored.record_id]))[stored.record_id]
+    assert record.status is TaskStatus.PROCESSING
+    assert record.claimed_at == claimed_at
+    assert record.attempts == 2
+
+
+async def test_get_ignores_unknown_ids(store):
+    assert await store.get(["recNOPE000000000"]) == {}
+
+
+async def test_page_filters_by_status_and_pages_through_everything(store):
+    stored = await store.add([new_task(n) for n in range(25)])
+    await store.update([StatusChange(s.record_id, TaskStatus.FAILED) for s in stored[:5]])
+    seen, token = [], None
+    while True:
+        page = await store.page(TaskStatus.PENDING, 7, token)
+        assert page.total == 20
+        assert len(page.items) <= 7
+        seen += [record.record_id for record in page.items]
+        if not (token := page.next_page_token):
+            break
+    assert sorted(seen) == sorted(s.record_id for s in stored[5:])
+    failed = await store.page(TaskStatus.FAILED, 100, None)
+    assert {r.record_id for r in failed.items} == {s.record_id for s in stored[:5]}
+
+
+async def test_page_refuses_a_token_it_never_gave(store):
+    with pytest.raises(InvalidInput):
+        await store.page(None, 10, "not-a-token")
+
+
+async def test_dedup_survives_a_restart(store):
+    (first,) = await store.add([new_task(1)])
+    await store.close()
+    await store.open()
+    (again,) = await store.add([new_task(1)])
+    assert (again.created, again.record_id) == (False, first.record_id)
+
+
+async def test_reindex_counts_every_identifier(store):
+    await store.add([new_task(n) for n in range(12)])
+    assert await store.reindex() == 12
