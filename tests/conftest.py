@@ -58,6 +58,6 @@ async def bitable_store(feishu, tmp_path: Path) -> AsyncIterator[BitableTaskStor
 
 
 @pytest.fixture(params=["sqlite", "bitable"])
-async def store(request: pytest.FixtureRequest):
+def store(request: pytest.FixtureRequest):
     """The contract suite runs every test against both adapters."""
     return request.getfixturevalue(f"{request.param}_store")

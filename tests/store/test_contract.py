@@ -56,7 +56,9 @@ async def test_concurrent_adds_store_each_identifier_once(store):
 async def test_update_applies_known_ids_and_reports_the_rest(store):
     stored = await store.add([new_task(1), new_task(2)])
     a, b = (s.record_id for s in stored)
-    not_found = await store.update([StatusChange(a, TaskStatus.SUCCESS), StatusChange("recMISSING00000", TaskStatus.FAILED)])
+    not_found = await store.update(
+        [StatusChange(a, TaskStatus.SUCCESS), StatusChange("recMISSING00000", TaskStatus.FAILED)]
+    )
     assert not_found == ["recMISSING00000"]
     records = await store.get([a, b])
     assert records[a].status is TaskStatus.SUCCESS

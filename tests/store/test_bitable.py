@@ -1,0 +1,248 @@
+"""What only the Bitable adapter promises: Feishu call economy, single writer, retries, reconciliation, shapes."""
+
+import asyncio
+import itertools
+import json
+import logging
+import time
+
+import pytest
+
+from app.errors import StoreRejected, StoreUnavailable
+from app.models import StatusChange, TaskStatus
+from app.store.bitable import BitableTaskStore
+from app.store.index import State
+from tests.conftest import bitable_settings
+from tests.feishu.fixtures import APP_TOKEN, TABLE_ID
+from tests.store.test_contract import new_task
+
+TRANSIENT_FAULTS = ["rate_limit", "conflict", "not_ready", "too_many", "timeout_code", "server_error", "html_502"]
+
+
+async def open_store(emu, data_dir, **overrides) -> BitableTaskStore:
+    store = BitableTaskStore.from_settings(bitable_settings(emu, data_dir, **overrides))
+    await store.open()
+    return store
+
+
+def writes(emu) -> int:
+    return sum(emu.count(e) for e in ("batch_create", "batch_update", "batch_delete"))
+
+
+def reads(emu) -> int:
+    return emu.count("search") + emu.count("batch_get")
+
+
+async def test_two_thousand_new_payloads_in_two_requests_cost_two_writes_and_no_reads(bitable_store, feishu):
+    feishu.reset_calls()
+    for start in (0, 1_000):
+        stored = await bitable_store.add([new_task(n) for n in range(start, start + 1_000)])
+        assert all(s.created for s in stored)
+    assert (writes(feishu), reads(feishu)) == (2, 0)
+    again = await bitable_store.add([new_task(n) for n in range(0, 2_000, 7)])
+    assert not any(s.created for s in again)
+    assert (writes(feishu), reads(feishu)) == (2, 0)
+    assert len(feishu.rows(APP_TOKEN, TABLE_ID)) == 2_000
+
+
+async def test_concurrent_requests_are_coalesced_into_one_write(feishu, tmp_path):
+    store = await open_store(feishu, tmp_path, feishu_write_linger_ms=50)
+    feishu.reset_calls()
+    await asyncio.gather(*(store.add([new_task(c * 100 + n) for n in range(40)]) for c in range(8)))
+    assert feishu.count("batch_create") == 1
+    assert len(feishu.rows(APP_TOKEN, TABLE_ID)) == 320
+    await store.close()
+
+
+async def test_writes_never_overlap_on_the_table(feishu, tmp_path):
+    store = await open_store(feishu, tmp_path, feishu_write_linger_ms=0)
+    (first,) = await store.add([new_task(0)])
+    feishu.latency = 0.05
+    await asyncio.gather(
+        *(store.add([new_task(c * 100 + n) for n in range(1, 5)]) for c in range(5)),
+        *(store.update([StatusChange(first.record_id, TaskStatus.PENDING)]) for _ in range(3)),
+    )
+    assert feishu.count(code=1254291) == 0
+    calls = sorted((c.t_start, c.t_end) for c in feishu.calls if c.endpoint in ("batch_create", "batch_update"))
+    assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(calls))
+    await store.close()
+
+
+@pytest.mark.parametrize("fault", TRANSIENT_FAULTS)
+async def test_transient_faults_are_retried_until_the_write_lands_once(bitable_store, feishu, fault):
+    feishu.add_fault(fault, endpoint="batch_create", times=2)
+    stored = await bitable_store.add([new_task(n) for n in range(10)])
+    assert all(s.created for s in stored)
+    assert len(feishu.rows(APP_TOKEN, TABLE_ID)) == 10
+
+
+@pytest.mark.parametrize("answer", ["original", "1254608"])
+async def test_a_lost_answer_is_retried_with_the_same_client_token_and_stores_once(bitable_store, feishu, answer):
+    feishu.repeat_token_answer = answer
+    feishu.add_fault("lost_answer", endpoint="batch_create", times=1)
+    stored = await bitable_store.add([new_task(n) for n in range(10)])
+    rows = feishu.rows(APP_TOKEN, TABLE_ID)
+    assert len(rows) == 10
+    assert {s.record_id for s in stored} == set(rows)
+    assert feishu.count("batch_create") == 2  # a new token on the retry would have written 20 rows
+    assert feishu.count("batch_create", code=1254608) == (answer == "1254608")
+
+
+async def test_the_rate_limit_reset_header_is_honoured(bitable_store, feishu):
+    feishu.add_fault("rate_limit", endpoint="batch_create", times=1)
+    started = time.monotonic()
+    await bitable_store.add([new_task(1)])
+    first, second = (c for c in feishu.calls if c.endpoint == "batch_create")
+    assert second.t_start - first.t_end >= 1.0  # the emulator's x-ogw-ratelimit-reset is 1 second
+    assert time.monotonic() - started >= 1.0
+
+
+async def test_an_expired_token_is_fetched_again(bitable_store, feishu):
+    feishu.expire_tokens()
+    tokens_before = feishu.count("token")
+    await bitable_store.add([new_task(1)])
+    assert feishu.count("batch_create", code=99991663) == 1
+    assert feishu.count("token") == tokens_before + 1
+    assert len(feishu.rows(APP_TOKEN, TABLE_ID)) == 1
+
+
+async def test_feishu_down_then_back_stores_each_task_exactly_once(feishu, tmp_path):
+    store = await open_store(feishu, tmp_path, feishu_retry_attempts=3)
+    await store.add([new_task(0)])
+    feishu.add_fault("lost_answer", endpoint="batch_create", times=1)  # the first try lands, unanswered
+    feishu.add_fault("server_error", endpoint="batch_create")
+    with pytest.raises(StoreUnavailable) as raised:
+        await store.add([new_task(0), new_task(1), new_task(2)])
+    assert raised.value.status_code == 503 and raised.value.retry_after >= 1
+    assert [(s.identifier, s.created) for s in raised.value.extra["stored"]] == [(new_task(0).identifier, False)]
+    assert {e.state for e in store.index.lookup([new_task(1).identifier]).values()} == {State.WRITING}
+    feishu.clear_faults()
+    feishu.reset_calls()
+    again = await store.add([new_task(0), new_task(1), new_task(2), new_task(3)])
+    assert [s.created for s in again] == [False, False, False, True]
+    assert feishu.count("search") >= 1  # the unconfirmed ones were looked up, not written blindly
+    assert len(feishu.rows(APP_TOKEN, TABLE_ID)) == 4
+    await store.close()
+
+
+async def test_a_crash_between_write_and_index_is_reconciled_at_start(feishu, tmp_path):
+    store = await open_store(feishu, tmp_path)
+    landed, lost = new_task(1), new_task(2)
+    store.index.mark_writing([landed.identifier, lost.identifier])
+    await store.table.batch_create([store._row(landed, 0)], client_token="c3f4a2d8-0000-4000-8000-000000000001")
+    await store.close()  # "crash": the index still says WRITING for both
+    store = await open_store(feishu, tmp_path)
+    entries = store.index.lookup([landed.identifier, lost.identifier])
+    assert entries[landed.identifier].state is State.STORED
+    assert lost.identifier not in entries
+    stored = await store.add([landed, lost])
+    assert [s.created for s in stored] == [False, True]
+    assert len(feishu.rows(APP_TOKEN, TABLE_ID)) == 2
+    await store.close()
+
+
+async def test_the_index_is_rebuilt_from_the_table_when_data_dir_is_wiped(feishu, tmp_path):
+    store = await open_store(feishu, tmp_path / "first")
+    await store.add([new_task(n) for n in range(1_203)])
+    await store.close()
+    feishu.reset_calls()
+    store = await open_store(feishu, tmp_path / "wiped")
+    searches = [c for c in feishu.calls if c.endpoint == "search"]
+    assert len(searches) == 3  # 1,203 rows at 500 a page
+    stored = await store.add([new_task(n) for n in range(0, 1_301, 50)])
+    assert sum(s.created for s in stored) == 2  # 1,250 and 1,300 are new
+    assert len(feishu.rows(APP_TOKEN, TABLE_ID)) == 1_205
+    await store.close()
+
+
+async def test_a_permanent_refusal_fails_only_the_request_that_caused_it(feishu, tmp_path):
+    feishu.stop()
+    feishu.add_table(APP_TOKEN, "tblMIRROR", [*_default_fields(), ("Region", 3)])
+    feishu.start()
+    store = await open_store(feishu, tmp_path, feishu_bitable_table_id="tblMIRROR", feishu_write_linger_ms=50)
+    feishu.add_fault("conflict", endpoint="batch_create", times=0)
+    good = store.add([new_task(n) for n in range(5)])
+    bad = store.add([new_task(99, Region="x" * 100_001)])
+    results = await asyncio.gather(good, bad, return_exceptions=True)
+    assert isinstance(results[1], StoreRejected)
+    assert all(s.created for s in results[0])
+    assert len(feishu.rows(APP_TOKEN, "tblMIRROR")) == 5
+    assert not store.index.lookup([new_task(99).identifier])
+    await store.close()
+
+
+def _default_fields():
+    from tests.feishu.emulator import DEFAULT_FIELDS
+
+    return DEFAULT_FIELDS
+
+
+async def test_mirror_columns_get_matching_payload_keys(feishu, tmp_path):
+    fields = [*_default_fields(), ("region", 3), ("score", 2), ("title", 1), ("due", 5), ("Notes", 1)]
+    feishu.add_table(APP_TOKEN, "tblM", fields)
+    store = await open_store(feishu, tmp_path, feishu_bitable_table_id="tblM")
+    payload = {"region": "USA", "score": 1.5, "title": 42, "due": 1_700_000_000_000, "other": "kept in Payload"}
+    (stored,) = await store.add([new_task(1, **payload)])
+    (bad,) = await store.add([new_task(2, region=["a"], score="high", due="tomorrow")])
+    rows = feishu.rows(APP_TOKEN, "tblM")
+    assert {k: rows[stored.record_id][k] for k in ("region", "score", "title", "due")} == {
+        "region": "USA",
+        "score": 1.5,
+        "title": "42",
+        "due": 1_700_000_000_000,
+    }
+    assert json.loads(rows[stored.record_id]["Payload"]) == {"n": 1, **payload}
+    assert not {"region", "score", "due"} & set(rows[bad.record_id])
+    await store.close()
+
+
+async def test_rows_typed_by_hand_read_back_with_their_plain_columns_as_payload(feishu, tmp_path):
+    feishu.add_table(APP_TOKEN, "tblH", [*_default_fields(), ("alpha", 1), ("delay", 2)])
+    (record_id,) = feishu.insert_rows(APP_TOKEN, "tblH", [{"alpha": "close/open", "delay": 1, "Status": "PENDING"}])
+    store = await open_store(feishu, tmp_path, feishu_bitable_table_id="tblH")
+    record = (await store.get([record_id]))[record_id]
+    assert record.payload == {"alpha": "close/open", "delay": 1}
+    assert record.status is TaskStatus.PENDING
+    assert record.identifier is None and record.created_at is None and record.attempts == 0
+    page = await store.page(TaskStatus.PENDING, 10, None)
+    assert [r.payload for r in page.items] == [{"alpha": "close/open", "delay": 1}]
+    await store.close()
+
+
+async def test_a_table_without_the_required_columns_is_refused_by_name(feishu, tmp_path):
+    feishu.add_table(APP_TOKEN, "tblBare", [("Identifier", 1), ("Payload", 2)])
+    with pytest.raises(StoreRejected, match=r"Payload .*Status|Status.*Payload"):
+        await open_store(feishu, tmp_path, feishu_bitable_table_id="tblBare")
+
+
+async def test_missing_optional_columns_warn_once_and_switch_their_features_off(feishu, tmp_path, caplog):
+    feishu.add_table(APP_TOKEN, "tblMin", _default_fields()[:4])
+    caplog.set_level(logging.WARNING)
+    store = await open_store(feishu, tmp_path, feishu_bitable_table_id="tblMin")
+    warnings = [r for r in caplog.records if "optional columns" in r.getMessage()]
+    assert len(warnings) == 1 and "Priority, Attempts, ClaimedAt" in warnings[0].getMessage()
+    (stored,) = await store.add([new_task(1, priority=5)])
+    await store.update([StatusChange(stored.record_id, TaskStatus.PROCESSING, attempts=1)])
+    assert set(feishu.rows(APP_TOKEN, "tblMin")[stored.record_id]) == {"Identifier", "Status", "Payload", "CreatedAt"}
+    await store.close()
+
+
+async def test_updating_unknown_ids_falls_back_to_a_lookup_and_updates_the_rest(bitable_store, feishu):
+    stored = await bitable_store.add([new_task(n) for n in range(3)])
+    feishu.reset_calls()
+    ids = [s.record_id for s in stored]
+    not_found = await bitable_store.update([StatusChange(i, TaskStatus.SUCCESS) for i in [*ids, "recGONE0000000000"]])
+    assert not_found == ["recGONE0000000000"]
+    assert {row["Status"] for row in feishu.rows(APP_TOKEN, TABLE_ID).values()} == {"SUCCESS"}
+    assert feishu.count("batch_update") == 2 and feishu.count("batch_get") == 1
+
+
+async def test_feishu_timeout_bounds_every_call(feishu, tmp_path):
+    store = await open_store(feishu, tmp_path, feishu_timeout_seconds=0.2, feishu_retry_attempts=2)
+    feishu.latency = 1.0
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match="timed out"):
+        await store.get(["recX"])
+    assert time.monotonic() - started < 3
+    feishu.latency = 0
+    await store.close()
