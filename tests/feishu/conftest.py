@@ -1,0 +1,1 @@
+from tests.feishu.fixtures import *  # noqa: F403
