@@ -128,11 +128,13 @@ class FeishuTable:
 
     # ---- calls ----------------------------------------------------------------------------------
 
+    def _builder(self, request_type: Any) -> Any:
+        return request_type.builder().app_token(self.app_token).table_id(self.table_id)
+
     async def list_fields(self) -> list[Field]:
         fields, token = [], None
         while True:
-            builder = ListAppTableFieldRequest.builder().app_token(self.app_token).table_id(self.table_id)
-            builder = builder.page_size(100)
+            builder = self._builder(ListAppTableFieldRequest).page_size(100)
             if token:
                 builder = builder.page_token(token)
             data = await self._call("fields_list", self._fields.alist, builder.build())
@@ -143,61 +145,32 @@ class FeishuTable:
 
     async def create_field(self, name: str, type_: int, prop: dict[str, Any] | None = None) -> None:
         body = AppTableField({"field_name": name, "type": type_, **({"property": prop} if prop else {})})
-        request = (
-            CreateAppTableFieldRequest.builder()
-            .app_token(self.app_token)
-            .table_id(self.table_id)
-            .request_body(body)
-            .build()
-        )
+        request = self._builder(CreateAppTableFieldRequest).request_body(body).build()
         await self._call("fields_create", self._fields.acreate, request)
 
     async def batch_create(self, rows: list[dict[str, Any]], client_token: str) -> list[tuple[str, dict[str, Any]]]:
         """Create rows; raise AlreadyApplied when the token was seen before without the original answer."""
         body = BatchCreateAppTableRecordRequestBody({"records": [{"fields": row} for row in rows]})
-        request = (
-            BatchCreateAppTableRecordRequest.builder()
-            .app_token(self.app_token)
-            .table_id(self.table_id)
-            .client_token(client_token)
-            .request_body(body)
-            .build()
-        )
+        request = self._builder(BatchCreateAppTableRecordRequest).client_token(client_token).request_body(body).build()
         data = await self._call("batch_create", self._records.abatch_create, request, special={_ALREADY_APPLIED})
-        return [(record.record_id, record.fields or {}) for record in data.records or []]
+        return _records(data.records)
 
     async def batch_update(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
         """Update rows; raise RecordMissing when one record id is unknown (nothing is applied then)."""
         records = [{"record_id": record_id, "fields": fields} for record_id, fields in rows]
-        request = (
-            BatchUpdateAppTableRecordRequest.builder()
-            .app_token(self.app_token)
-            .table_id(self.table_id)
-            .request_body(BatchUpdateAppTableRecordRequestBody({"records": records}))
-            .build()
-        )
+        body = BatchUpdateAppTableRecordRequestBody({"records": records})
+        request = self._builder(BatchUpdateAppTableRecordRequest).request_body(body).build()
         await self._call("batch_update", self._records.abatch_update, request, special={_RECORD_MISSING})
 
     async def batch_delete(self, record_ids: list[str]) -> None:
-        request = (
-            BatchDeleteAppTableRecordRequest.builder()
-            .app_token(self.app_token)
-            .table_id(self.table_id)
-            .request_body(BatchDeleteAppTableRecordRequestBody({"records": record_ids}))
-            .build()
-        )
+        body = BatchDeleteAppTableRecordRequestBody({"records": record_ids})
+        request = self._builder(BatchDeleteAppTableRecordRequest).request_body(body).build()
         await self._call("batch_delete", self._records.abatch_delete, request, special={_RECORD_MISSING})
 
     async def batch_get(self, record_ids: list[str]) -> list[tuple[str, dict[str, Any]]]:
-        request = (
-            BatchGetAppTableRecordRequest.builder()
-            .app_token(self.app_token)
-            .table_id(self.table_id)
-            .request_body(BatchGetAppTableRecordRequestBody({"record_ids": record_ids}))
-            .build()
-        )
-        data = await self._call("batch_get", self._records.abatch_get, request)
-        return [(record.record_id, record.fields or {}) for record in data.records or []]
+        body = BatchGetAppTableRecordRequestBody({"record_ids": record_ids})
+        request = self._builder(BatchGetAppTableRecordRequest).request_body(body).build()
+        return _records((await self._call("batch_get", self._records.abatch_get, request)).records)
 
     async def search(
         self,
@@ -215,15 +188,13 @@ class FeishuTable:
             body["sort"] = sort
         if field_names:
             body["field_names"] = field_names
-        builder = SearchAppTableRecordRequest.builder().app_token(self.app_token).table_id(self.table_id)
-        builder = builder.page_size(page_size).request_body(SearchAppTableRecordRequestBody(body))
+        builder = self._builder(SearchAppTableRecordRequest).page_size(page_size)
+        builder = builder.request_body(SearchAppTableRecordRequestBody(body))
         if page_token:
             builder = builder.page_token(page_token)
         data = await self._call("search", self._records.asearch, builder.build())
         return Page(
-            records=[(item.record_id, item.fields or {}) for item in data.items or []],
-            page_token=data.page_token if data.has_more else None,
-            total=data.total,
+            records=_records(data.items), page_token=data.page_token if data.has_more else None, total=data.total
         )
 
     # ---- the edge -------------------------------------------------------------------------------
@@ -312,3 +283,7 @@ def _reset_seconds(response: Any) -> float | None:
         return float(headers["x-ogw-ratelimit-reset"])
     except (KeyError, ValueError):
         return None
+
+
+def _records(records: list | None) -> list[tuple[str, dict[str, Any]]]:
+    return [(record.record_id, record.fields or {}) for record in records or []]
