@@ -6,6 +6,11 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
+class PayloadAs(StrEnum):
+    KWARGS = "kwargs"
+    ARG = "arg"
+
+
 class StoreKind(StrEnum):
     AUTO = "auto"
     BITABLE = "bitable"
@@ -38,7 +43,35 @@ class Settings(BaseSettings):
     feishu_retry_base_seconds: float = Field(0.5, ge=0, le=60)
     feishu_write_linger_ms: int = Field(20, ge=0, le=1_000)
 
+    feishu_robot_webhook_url: str = ""
+    feishu_robot_secret: SecretStr = SecretStr("")
+
+    celery_app_name: str = "wqb"
+    celery_broker_url: SecretStr = SecretStr("")  # may carry a password
+    celery_task_name: str = "wqb.tasks.simulate_task"
+    celery_queue: str = Field("celery", min_length=1)
+    celery_payload_as: PayloadAs = PayloadAs.KWARGS
+    celery_queue_max_priority: int | None = Field(None, ge=1, le=255)
+    celery_default_priority: int | None = Field(None, ge=0, le=255)
+    celery_high_priority: int | None = Field(None, ge=0, le=255)
+    broker_timeout_seconds: float = Field(10.0, gt=0, le=300)
+
+    replenish_interval_hours: float = Field(4.0, gt=0, le=24 * 7)
+    replenish_threshold: int = Field(3_000, ge=0)
+    replenish_batch_size: int = Field(500, ge=1, le=10_000)
+    replenish_on_startup: bool = False
+    scheduler_enabled: bool = True
+    lease_timeout_hours: float = Field(24.0, ge=0)
+    max_attempts: int = Field(3, ge=1)
+
     _csv = field_validator("dedup_keys", mode="before")(_split_csv)
+
+    @field_validator("feishu_robot_webhook_url")
+    @classmethod
+    def _webhook_is_url(cls, value: str) -> str:
+        if value and not value.startswith(("https://", "http://")):
+            raise ValueError("must be the bot's https:// webhook address")
+        return value
 
     @field_validator("feishu_domain")
     @classmethod
@@ -52,6 +85,41 @@ class Settings(BaseSettings):
         if self.store is StoreKind.AUTO:
             return StoreKind.BITABLE if self.feishu_app_id else StoreKind.SQLITE
         return self.store
+
+    @property
+    def broker_url(self) -> str:
+        return self.celery_broker_url.get_secret_value()
+
+    @property
+    def broker_scheme(self) -> str:
+        """amqp, redis, or filesystem for the embedded default."""
+        scheme = self.broker_url.partition("://")[0].partition("+")[0] or "filesystem"
+        return {"pyamqp": "amqp", "amqps": "amqp", "rediss": "redis"}.get(scheme, scheme)
+
+    @property
+    def priorities(self) -> tuple[int, int]:
+        """(default, high): RabbitMQ takes larger as more urgent, Redis takes 0 as most urgent."""
+        default, high = (6, 0) if self.broker_scheme == "redis" else (1, 9)
+        return (
+            default if self.celery_default_priority is None else self.celery_default_priority,
+            high if self.celery_high_priority is None else self.celery_high_priority,
+        )
+
+    def check_priorities(self) -> None:
+        default, high = self.priorities
+        if self.broker_scheme == "redis":
+            if max(default, high) > 9:
+                raise ConfigError("CELERY_DEFAULT_PRIORITY and CELERY_HIGH_PRIORITY must be 0-9 on Redis")
+            if high >= default:
+                raise ConfigError(
+                    f"CELERY_HIGH_PRIORITY ({high}) must be below CELERY_DEFAULT_PRIORITY ({default}): "
+                    "on Redis 0 is the most urgent"
+                )
+        elif self.broker_scheme == "amqp" and high <= default:
+            raise ConfigError(
+                f"CELERY_HIGH_PRIORITY ({high}) must be above CELERY_DEFAULT_PRIORITY ({default}): "
+                "on RabbitMQ a larger number is more urgent"
+            )
 
     def check_bitable(self) -> None:
         missing = [
@@ -81,4 +149,5 @@ def load_settings(**overrides: object) -> Settings:
         raise ConfigError("invalid settings: " + "; ".join(lines)) from None
     if settings.store_kind is StoreKind.BITABLE:
         settings.check_bitable()
+    settings.check_priorities()
     return settings

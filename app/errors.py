@@ -50,3 +50,18 @@ class StoreRejected(ServiceError):
 
     status_code = 502
     error = "store_rejected"
+
+
+class BrokerUnavailable(ServiceError):
+    status_code = 503
+    error = "broker_unavailable"
+
+    def __init__(self, detail: str, *, retry_after: int = 30):
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
+class QueueMissing(ServiceError):
+    """The workers' queue does not exist: a message sent now would be dropped silently."""
+
+    status_code = 503
+    error = "queue_missing"

@@ -5,10 +5,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.api.errors import install_error_handlers
+from app.api.ops import router as ops_router
 from app.api.tasks import router as tasks_router
+from app.broker import CeleryPublisher
 from app.config import Settings, load_settings
+from app.errors import ServiceError
+from app.notify import build_notifier
+from app.scheduler import ReplenishScheduler
 from app.service import TaskService
 from app.store import build_store
+from app.store.journal import ClaimJournal
 
 log = logging.getLogger("app")
 
@@ -21,13 +27,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         current = settings or load_settings()
         store = build_store(current)
         await store.open()
-        app.state.settings = current
-        app.state.store = store
-        app.state.service = TaskService(store, current)
-        log.info("started with store=%s data_dir=%s", current.store_kind, current.data_dir)
+        publisher = CeleryPublisher(current)
+        notifier = build_notifier(
+            current.feishu_robot_webhook_url, current.feishu_robot_secret.get_secret_value(), timeout=10
+        )
+        journal = ClaimJournal(current.data_dir / "claims.db")
+        journal.open()
+        service = TaskService(store, current, publisher=publisher, notifier=notifier, journal=journal)
+        scheduler = ReplenishScheduler(service, current)
+        app.state.settings, app.state.service, app.state.scheduler = current, service, scheduler
+        try:
+            await service.settle_claims()
+        except ServiceError as exc:  # the next cycle tries again
+            log.warning("could not settle earlier claims at start: %s", exc.detail)
+        scheduler.start()
+        log.info(
+            "started: store=%s broker=%s queue=%s data_dir=%s",
+            current.store_kind,
+            current.broker_scheme,
+            current.celery_queue,
+            current.data_dir,
+        )
         try:
             yield
         finally:
+            scheduler.shutdown()
+            await notifier.close()
+            await publisher.close()
+            journal.close()
             await store.close()
 
     app = FastAPI(
@@ -38,12 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(tasks_router)
-
-    @app.get("/healthz", tags=["ops"])
-    async def healthz() -> dict[str, str]:
-        """The process is up."""
-        return {"status": "ok"}
-
+    app.include_router(ops_router)
     return app
 
 

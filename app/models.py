@@ -14,9 +14,6 @@ class TaskStatus(StrEnum):
     CANCELLED = "CANCELLED"
 
 
-FINISHED = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILED, TaskStatus.CANCELLED})
-
-
 @dataclass(frozen=True, slots=True)
 class NewTask:
     """A validated payload on its way into the store."""
@@ -56,6 +53,7 @@ class StatusChange:
     status: TaskStatus
     claimed_at: datetime | None = None  # set on a claim
     attempts: int | None = None  # the new count, on a claim
+    identifier: str | None = None  # for a row typed in by hand, written on its first claim
 
 
 @dataclass(slots=True)
@@ -79,6 +77,41 @@ class IngestResponse(BaseModel):
     created: int
     duplicates: int
     items: list[ItemOutcome]
+
+
+class PriorityResponse(BaseModel):
+    received: int
+    published: int
+    items: list[ItemOutcome]
+
+
+class ReplenishReport(BaseModel):
+    """What one replenish cycle saw and did; also what the bot is told."""
+
+    outcome: Literal["published", "skipped", "nothing_pending", "dry_run", "busy", "failed"]
+    dry_run: bool = False
+    started_at: datetime
+    finished_at: datetime | None = None
+    threshold: int
+    depth_before: int | None = None
+    depth_after: int | None = None
+    claimed: int = 0
+    published: int = 0
+    failed: int = 0
+    pending_left: int | None = None
+    lease_requeued: int = 0
+    lease_failed: int = 0
+    error: str | None = None
+
+
+class StatsOut(BaseModel):
+    counts: dict[str, int]
+    queue: str
+    queue_depth: int | None
+    queue_error: str | None
+    last_replenish: ReplenishReport | None
+    next_replenish: datetime | None
+    scheduler_owner: bool
 
 
 class BulkStatusUpdate(BaseModel):

@@ -1,14 +1,32 @@
-from collections.abc import Sequence
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from app.broker import Message, Publisher
 from app.config import Settings
-from app.errors import Conflict, InvalidInput, NotFound, StoreUnavailable, TooManyTasks
+from app.errors import (
+    BrokerUnavailable,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    QueueMissing,
+    ServiceError,
+    StoreUnavailable,
+    TooManyTasks,
+)
 from app.identity import MAX_PAYLOAD_CHARS, canonical_json, task_identifier
+from app.locks import FileLock
 from app.models import (
     BulkStatusUpdate,
     IngestResponse,
     ItemOutcome,
     NewTask,
+    PriorityResponse,
+    ReplenishReport,
+    StatsOut,
     StatusChange,
     Stored,
     TaskPage,
@@ -16,15 +34,39 @@ from app.models import (
     TaskStatus,
     UpdateStatusResponse,
 )
+from app.notify import Notice, Notifier
 from app.store.base import TaskStore
+from app.store.journal import ClaimJournal
+
+log = logging.getLogger(__name__)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 class TaskService:
     """The rules of the pool. Routes, the CLI and the scheduler all come through here."""
 
-    def __init__(self, store: TaskStore, settings: Settings):
+    def __init__(
+        self,
+        store: TaskStore,
+        settings: Settings,
+        *,
+        publisher: Publisher,
+        notifier: Notifier,
+        journal: ClaimJournal,
+        clock: Callable[[], datetime] = utc_now,
+    ):
         self.store = store
         self.settings = settings
+        self.publisher = publisher
+        self.notifier = notifier
+        self.journal = journal
+        self.clock = clock
+        self._claiming = asyncio.Lock()  # one claim at a time in this process: no row is claimed twice
+        self._cycle = FileLock(settings.data_dir / "replenish.lock")  # one cycle at a time across processes
+        self._last_report_path = settings.data_dir / "last_replenish.json"
 
     def new_task(self, payload: dict[str, Any], priority: int | None = None, *, index: int = 0) -> NewTask:
         canonical = _checked_canonical(payload, index)
@@ -112,6 +154,227 @@ class TaskService:
         if attempts is not None:
             record.attempts = attempts
         return record
+
+    # ---- the queue side ---------------------------------------------------------------------------
+
+    async def push_priority(self, payloads: Sequence[dict[str, Any]], force: bool = False) -> PriorityResponse:
+        """Send urgent tasks straight to the queue at high priority, storing the new ones first."""
+        tasks = self.new_tasks(payloads)
+        unique: dict[str, NewTask] = {}
+        for task in tasks:
+            unique.setdefault(task.identifier, task)
+        results: dict[str, tuple[str | None, str]] = {}
+        async with self._claiming:
+            stored = await self.store.add(list(unique.values()))
+            existing = await self.store.get([s.record_id for s in stored if s.record_id and not s.created])
+            to_send: list[TaskRecord] = []
+            for entry in stored:
+                if entry.created:
+                    task = unique[entry.identifier]
+                    to_send.append(TaskRecord(entry.record_id, task.identifier, TaskStatus.PENDING, task.payload))
+                    continue
+                record = existing.get(entry.record_id or "")
+                if record is None:  # pruned, or deleted from the table by hand: nothing left to send
+                    results[entry.identifier] = (entry.record_id, "already_done")
+                elif record.status is TaskStatus.PENDING or force:
+                    to_send.append(record)
+                else:
+                    outcome = "already_queued" if record.status is TaskStatus.PROCESSING else "already_done"
+                    results[entry.identifier] = (record.record_id, outcome)
+            sent, unsent, _ = await self._dispatch(to_send, self.settings.priorities[1])
+        for record in sent:
+            results[record.identifier or ""] = (record.record_id, "published")
+        for record in unsent:
+            results[record.identifier or ""] = (record.record_id, "deferred")
+        items = [
+            ItemOutcome(identifier=t.identifier, record_id=results[t.identifier][0], outcome=results[t.identifier][1])
+            for t in tasks
+        ]
+        return PriorityResponse(received=len(tasks), published=len(sent), items=items)
+
+    async def _dispatch(
+        self, records: list[TaskRecord], priority: int
+    ) -> tuple[list[TaskRecord], list[TaskRecord], ServiceError | None]:
+        """Claim, publish, and put back what did not go out: a row is never PROCESSING without a message."""
+        if not records:
+            return [], [], None
+        now = self.clock()
+        self.journal.begin([(r.record_id, r.attempts) for r in records])
+        claims = [
+            StatusChange(
+                r.record_id,
+                TaskStatus.PROCESSING,
+                claimed_at=now,
+                attempts=r.attempts + 1,
+                identifier=None if r.identifier else self._identify(r.payload),
+            )
+            for r in records
+        ]
+        # a failure here leaves the journal entries: the next cycle settles whatever landed
+        missing = set(await self.store.update(claims))
+        self.journal.settle(missing)
+        claimed = [r for r in records if r.record_id not in missing]
+        error: ServiceError | None = None
+        try:
+            failed = set(await self.publisher.publish([Message(r.record_id, r.payload) for r in claimed], priority))
+        except (QueueMissing, BrokerUnavailable) as exc:
+            failed, error = {r.record_id for r in claimed}, exc
+        sent = [r for r in claimed if r.record_id not in failed]
+        unsent = [r for r in claimed if r.record_id in failed]
+        self.journal.mark_published(r.record_id for r in sent)
+        if unsent:
+            await self.store.update(
+                [StatusChange(r.record_id, TaskStatus.PENDING, attempts=r.attempts) for r in unsent]
+            )
+        self.journal.settle(r.record_id for r in claimed)
+        return sent, unsent, error
+
+    def _identify(self, payload: dict[str, Any]) -> str | None:
+        try:
+            return task_identifier(payload, self.settings.dedup_keys)
+        except InvalidInput:
+            return None
+
+    async def settle_claims(self) -> int:
+        """Undo claims a crash or an outage left between claim and publish; answer how many were put back."""
+        async with self._claiming:
+            claims = [c for c in self.journal.unsettled() if c.owner == os.getpid() or not _alive(c.owner)]
+            if not claims:
+                return 0
+            unpublished = {c.record_id: c for c in claims if not c.published}
+            current = await self.store.get(list(unpublished))
+            back = [
+                StatusChange(record_id, TaskStatus.PENDING, attempts=claim.attempts)
+                for record_id, claim in unpublished.items()
+                if record_id in current and current[record_id].status is TaskStatus.PROCESSING
+            ]
+            if back:
+                await self.store.update(back)
+            self.journal.settle(c.record_id for c in claims)
+            if back:
+                log.warning("put %d claimed-but-unpublished tasks back to PENDING", len(back))
+            return len(back)
+
+    async def recover_leases(self) -> tuple[int, int]:
+        """PROCESSING past the lease goes back to PENDING, or to FAILED once it has used its attempts."""
+        hours = self.settings.lease_timeout_hours
+        if not hours or not self.store.supports_leases:
+            return 0, 0
+        cutoff = self.clock() - timedelta(hours=hours)
+        async with self._claiming:
+            stale = [
+                r for r in await self.store.processing(cutoff) if r.claimed_at is not None and r.claimed_at < cutoff
+            ]
+            changes = [
+                StatusChange(
+                    r.record_id,
+                    TaskStatus.FAILED if r.attempts >= self.settings.max_attempts else TaskStatus.PENDING,
+                )
+                for r in stale
+            ]
+            if changes:
+                await self.store.update(changes)
+        failed = sum(c.status is TaskStatus.FAILED for c in changes)
+        if changes:
+            log.warning("lease recovery: %d back to PENDING, %d FAILED", len(changes) - failed, failed)
+        return len(changes) - failed, failed
+
+    async def replenish(self, dry_run: bool = False) -> ReplenishReport:
+        """One cycle: settle, recover leases, and top the queue up from the pool when it runs low."""
+        settings = self.settings
+        report = ReplenishReport(
+            outcome="skipped", dry_run=dry_run, started_at=self.clock(), threshold=settings.replenish_threshold
+        )
+        if not self._cycle.acquire():
+            raise Conflict("a replenish cycle is already running")
+        try:
+            if not dry_run:
+                await self.settle_claims()
+                report.lease_requeued, report.lease_failed = await self.recover_leases()
+            report.depth_before = await self.publisher.queue_depth()
+            if report.depth_before < settings.replenish_threshold:
+                async with self._claiming:
+                    candidates = await self.store.pending(settings.replenish_batch_size)
+                    if dry_run:
+                        report.outcome, report.claimed = "dry_run", len(candidates)
+                    elif not candidates:
+                        report.outcome = "nothing_pending"
+                    else:
+                        sent, unsent, error = await self._dispatch(candidates, settings.priorities[0])
+                        report.outcome = "published" if sent or not error else "failed"
+                        report.claimed, report.published, report.failed = len(candidates), len(sent), len(unsent)
+                        report.error = error.detail if error else None
+                report.depth_after = await self.publisher.queue_depth()
+            elif dry_run:
+                report.outcome = "dry_run"
+            report.pending_left = (await self.store.page(TaskStatus.PENDING, 1, None)).total
+        except ServiceError as exc:
+            report.outcome, report.error = "failed", exc.detail
+        finally:
+            self._cycle.release()
+        report.finished_at = self.clock()
+        log.info("replenish: %s", report.model_dump_json(exclude_none=True))
+        if not dry_run:
+            self._last_report_path.write_text(report.model_dump_json())
+            notice = replenish_notice(report, settings)
+            if notice is not None:
+                await self.notifier.send(notice)
+        return report
+
+    def last_report(self) -> ReplenishReport | None:
+        try:
+            return ReplenishReport.model_validate_json(self._last_report_path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    async def stats(self) -> StatsOut:
+        totals = await asyncio.gather(*(self.store.page(status, 1, None) for status in TaskStatus))
+        depth, queue_error = None, None
+        try:
+            depth = await self.publisher.queue_depth()
+        except ServiceError as exc:
+            queue_error = exc.detail
+        return StatsOut(
+            counts={status.value: page.total or 0 for status, page in zip(TaskStatus, totals, strict=True)},
+            queue=self.settings.celery_queue,
+            queue_depth=depth,
+            queue_error=queue_error,
+            last_replenish=self.last_report(),
+            next_replenish=None,
+            scheduler_owner=False,
+        )
+
+
+def replenish_notice(report: ReplenishReport, settings: Settings) -> Notice | None:
+    """The bot's card for a cycle: quiet when the queue was full, loud when the pool runs dry or a part is down."""
+    if report.outcome in ("skipped", "dry_run", "busy"):
+        return None
+    lines = [
+        f"**Queue** `{settings.celery_queue}`: {report.depth_before} → {report.depth_after} ready messages",
+        f"**Published**: {report.published}   **Failed**: {report.failed}",
+        f"**PENDING left in the pool**: {report.pending_left}",
+    ]
+    if report.lease_requeued or report.lease_failed:
+        lines.append(f"**Lease recovery**: {report.lease_requeued} back to PENDING, {report.lease_failed} FAILED")
+    if report.outcome == "failed":
+        return Notice("error", "Replenish failed", [f"**Error**: {report.error}", *lines])
+    if report.pending_left == 0:
+        return Notice(
+            "warning", "Task pool exhausted", ["The pool has no PENDING task left while the queue is low.", *lines]
+        )
+    if report.pending_left is not None and report.pending_left < settings.replenish_batch_size:
+        return Notice("warning", "Task pool running low", lines)
+    return Notice("ok", "Queue replenished", lines)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _checked_canonical(payload: dict[str, Any], index: int) -> str:

@@ -7,6 +7,7 @@ from app.models import (
     BulkStatusUpdate,
     ErrorOut,
     IngestResponse,
+    PriorityResponse,
     TaskOut,
     TaskPageOut,
     TaskStatus,
@@ -17,12 +18,12 @@ router = APIRouter(prefix="/api/tasks", tags=["tasks"])
 
 RecordId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The task's record id")]
 Payloads = Annotated[list[dict[str, Any]], Body(description="Task payloads: a JSON list of objects")]
-_ERRORS: dict[int | str, dict[str, Any]] = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut} for code in (400, 401, 404, 409, 413, 422, 502, 503)
 }
 
 
-@router.post("/ingest", response_model=IngestResponse, responses=_ERRORS)
+@router.post("/ingest", response_model=IngestResponse, responses=ERRORS)
 async def ingest(
     service: ServiceDep,
     payloads: Payloads,
@@ -32,13 +33,23 @@ async def ingest(
     return await service.ingest_tasks(payloads, priority)
 
 
-@router.post("/update-status", response_model=UpdateStatusResponse, responses=_ERRORS)
+@router.post("/priority-queue", response_model=PriorityResponse, responses=ERRORS)
+async def priority_queue(
+    service: ServiceDep,
+    payloads: Payloads,
+    force: Annotated[bool, Query(description="publish again tasks already queued or finished")] = False,
+) -> PriorityResponse:
+    """Send urgent tasks straight to the queue at high priority; new ones are stored first."""
+    return await service.push_priority(payloads, force=force)
+
+
+@router.post("/update-status", response_model=UpdateStatusResponse, responses=ERRORS)
 async def update_status(service: ServiceDep, update: BulkStatusUpdate) -> UpdateStatusResponse:
     """Workers report finished tasks by record id (their Celery task id)."""
     return await service.update_status(update)
 
 
-@router.get("", response_model=TaskPageOut, responses=_ERRORS)
+@router.get("", response_model=TaskPageOut, responses=ERRORS)
 async def list_tasks(
     service: ServiceDep,
     status: TaskStatus | None = None,
@@ -50,18 +61,18 @@ async def list_tasks(
     return TaskPageOut(items=items, next_page_token=page.next_page_token, total=page.total)
 
 
-@router.get("/{record_id}", response_model=TaskOut, responses=_ERRORS)
+@router.get("/{record_id}", response_model=TaskOut, responses=ERRORS)
 async def get_task(service: ServiceDep, record_id: RecordId) -> TaskOut:
     return TaskOut.of(await service.get_task(record_id))
 
 
-@router.post("/{record_id}/retry", response_model=TaskOut, responses=_ERRORS)
+@router.post("/{record_id}/retry", response_model=TaskOut, responses=ERRORS)
 async def retry_task(service: ServiceDep, record_id: RecordId) -> TaskOut:
     """FAILED or CANCELLED → PENDING, with the attempt count reset."""
     return TaskOut.of(await service.retry_task(record_id))
 
 
-@router.delete("/{record_id}", response_model=TaskOut, responses=_ERRORS)
+@router.delete("/{record_id}", response_model=TaskOut, responses=ERRORS)
 async def cancel_task(service: ServiceDep, record_id: RecordId) -> TaskOut:
     """PENDING → CANCELLED: the task stays in the pool, withdrawn."""
     return TaskOut.of(await service.cancel_task(record_id))

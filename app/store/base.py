@@ -1,4 +1,5 @@
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Protocol
 
 from app.models import NewTask, StatusChange, Stored, TaskPage, TaskRecord, TaskStatus
@@ -28,7 +29,18 @@ class TaskStore(Protocol):
     async def update(self, changes: Sequence[StatusChange]) -> list[str]:
         """Apply the changes whose record exists; answer the record ids that do not."""
 
-    async def page(self, status: TaskStatus | None, limit: int, page_token: str | None) -> TaskPage: ...
+    async def page(self, status: TaskStatus | None, limit: int, page_token: str | None) -> TaskPage:
+        """A page of tasks in creation order; `total` counts every task with that status."""
+
+    async def pending(self, limit: int) -> list[TaskRecord]:
+        """Up to `limit` PENDING tasks, highest Priority first, then oldest."""
+
+    async def processing(self, claimed_on_or_before: datetime) -> list[TaskRecord]:
+        """PROCESSING tasks claimed no later than that day (may include later ones: compare exactly)."""
+
+    @property
+    def supports_leases(self) -> bool:
+        """Whether claims record ClaimedAt and Attempts (Bitable: the optional columns exist)."""
 
     async def reindex(self) -> int:
         """Rebuild the identifier index from the pool; answer how many identifiers it holds."""

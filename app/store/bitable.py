@@ -6,6 +6,7 @@ import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from app.config import Settings
@@ -50,7 +51,7 @@ class _Schema:
     types: dict[str, int] = field(default_factory=dict)
 
     def has(self, name: str) -> bool:
-        return self.types.get(name) == COLUMNS.get(name, self.types.get(name))
+        return name in COLUMNS and self.types.get(name) == COLUMNS[name]
 
     @property
     def mirrors(self) -> dict[str, int]:
@@ -285,9 +286,7 @@ class BitableTaskStore:
     async def update(self, changes: Sequence[StatusChange]) -> list[str]:
         not_found: list[str] = []
         for chunk in chunked(list(changes), MAX_CREATE):
-            rows = [
-                (c.record_id, {STATUS: c.status.value, **self._claim_fields(c.claimed_at, c.attempts)}) for c in chunk
-            ]
+            rows = [(c.record_id, self._change_fields(c)) for c in chunk]
             async with self._write_lock:
                 try:
                     await self.table.batch_update(rows)
@@ -301,10 +300,55 @@ class BitableTaskStore:
                     rows = [row for row in rows if row[0] in existing]
                     if rows:
                         await self.table.batch_update(rows)
+            self.index.mark_stored(
+                [(c.identifier, c.record_id) for c in chunk if c.identifier and c.record_id not in not_found]
+            )
         return not_found
 
+    def _change_fields(self, change: StatusChange) -> dict[str, Any]:
+        fields = {STATUS: change.status.value, **self._claim_fields(change.claimed_at, change.attempts)}
+        if change.identifier:
+            fields[IDENTIFIER] = change.identifier
+        return fields
+
+    async def pending(self, limit: int) -> list[TaskRecord]:
+        sort = [{"field_name": PRIORITY, "desc": True}] if self._schema.has(PRIORITY) else []
+        sort.append({"field_name": CREATED_AT, "desc": False})
+        return await self._search_all(_status_is(TaskStatus.PENDING), sort=sort, limit=limit)
+
+    async def processing(self, claimed_on_or_before: datetime) -> list[TaskRecord]:
+        if not self.supports_leases:
+            return []
+        filter_ = _status_is(TaskStatus.PROCESSING)
+        # Bitable compares dates by whole days: this is a superset, the service compares exact times
+        filter_["conditions"].append(
+            {
+                "field_name": CLAIMED_AT,
+                "operator": "isLessEqual",
+                "value": ["ExactDate", str(to_ms(claimed_on_or_before))],
+            }
+        )
+        return await self._search_all(filter_)
+
+    @property
+    def supports_leases(self) -> bool:
+        return self._schema.has(CLAIMED_AT) and self._schema.has(ATTEMPTS)
+
+    async def _search_all(
+        self, filter_: dict[str, Any], sort: list[dict[str, Any]] | None = None, limit: int | None = None
+    ) -> list[TaskRecord]:
+        records: list[TaskRecord] = []
+        token = None
+        while limit is None or len(records) < limit:
+            page_size = MAX_PAGE if limit is None else min(MAX_PAGE, limit)
+            page = await self.table.search(filter_=filter_, sort=sort, page_size=page_size, page_token=token)
+            records += [self._decode(record_id, fields) for record_id, fields in page.records]
+            if not (token := page.page_token):
+                break
+        return records[:limit]
+
     async def page(self, status: TaskStatus | None, limit: int, page_token: str | None) -> TaskPage:
-        filter_ = {"conjunction": "and", "conditions": [_is(STATUS, status.value)]} if status else None
+        filter_ = _status_is(status) if status else None
         try:
             page = await self.table.search(
                 filter_=filter_,
@@ -402,6 +446,10 @@ def _is_identifier(value: Any) -> bool:
 
 def _is(field_name: str, value: str) -> dict[str, Any]:
     return {"field_name": field_name, "operator": "is", "value": [value]}
+
+
+def _status_is(status: TaskStatus) -> dict[str, Any]:
+    return {"conjunction": "and", "conditions": [_is(STATUS, status.value)]}
 
 
 def _filter_chunks(identifiers: list[str]) -> list[list[str]]:

@@ -1,6 +1,7 @@
 import json
 import sqlite3
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 from app.errors import InvalidInput, StoreUnavailable
@@ -150,6 +151,24 @@ class SqliteTaskStore:
             next_page_token=str(rows[-1][0]) if more else None,
             total=total,
         )
+
+    async def pending(self, limit: int) -> list[TaskRecord]:
+        rows = self.db.execute(
+            f"SELECT {_COLUMNS} FROM tasks WHERE status = 'PENDING' ORDER BY priority DESC, created_at, rowid LIMIT ?",
+            (limit,),
+        )
+        return [_record(row) for row in rows]
+
+    async def processing(self, claimed_on_or_before: datetime) -> list[TaskRecord]:
+        rows = self.db.execute(
+            f"SELECT {_COLUMNS} FROM tasks WHERE status = 'PROCESSING' AND claimed_at <= ?",
+            (to_ms(claimed_on_or_before),),
+        )
+        return [_record(row) for row in rows]
+
+    @property
+    def supports_leases(self) -> bool:
+        return True
 
     async def reindex(self) -> int:
         """The tasks table is its own index here; answer how many identifiers dedup knows."""

@@ -1,0 +1,66 @@
+import os
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS claims (
+    record_id  TEXT PRIMARY KEY,
+    attempts   INTEGER NOT NULL,   -- the count before the claim, restored when it is undone
+    published  INTEGER NOT NULL DEFAULT 0,
+    owner      INTEGER NOT NULL    -- pid of the claiming process: a live one may still be publishing
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    record_id: str
+    attempts: int
+    published: bool
+    owner: int
+
+
+class ClaimJournal:
+    """Claims in flight, written before the claim: what a crash or outage leaves is settled on the next cycle."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)
+        self._db = db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        assert self._db is not None, "journal not open"
+        return self._db
+
+    def begin(self, claims: Iterable[tuple[str, int]]) -> None:
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO claims VALUES (?, ?, 0, ?)", [(r, a, os.getpid()) for r, a in claims]
+            )
+
+    def mark_published(self, record_ids: Iterable[str]) -> None:
+        with self.db:
+            self.db.executemany("UPDATE claims SET published = 1 WHERE record_id = ?", [(r,) for r in record_ids])
+
+    def settle(self, record_ids: Iterable[str]) -> None:
+        with self.db:
+            self.db.executemany("DELETE FROM claims WHERE record_id = ?", [(r,) for r in record_ids])
+
+    def unsettled(self) -> list[Claim]:
+        rows = self.db.execute("SELECT record_id, attempts, published, owner FROM claims")
+        return [Claim(record_id, attempts, bool(published), owner) for record_id, attempts, published, owner in rows]
