@@ -21,6 +21,7 @@ log = logging.getLogger("app")
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The ASGI app; settings are read when it starts, so a bad one stops start-up by name."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs full URLs: the bot webhook's token is a secret
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -1,0 +1,63 @@
+"""A Celery worker for CELERY_TASK_NAME: the other half of the loop, for demos and end-to-end tests.
+
+It reads the same settings as the service (`.env` or the environment), so it consumes the same broker:
+the embedded one under DATA_DIR by default. Run it from the repository root:
+
+    .venv/bin/celery -A examples.worker worker -Q celery --concurrency 2 --loglevel INFO
+
+Each task does sample work (a Fibonacci number and a short sleep), fails now and then, and reports
+SUCCESS or FAILED back through POST /api/tasks/update-status, using its own task id as the record id.
+
+Its own settings: TASK_MANAGER_URL (default http://127.0.0.1:8000), TASK_MANAGER_API_KEY (default:
+the first of API_KEYS), WORKER_FAIL_RATE (default 0.1), WORKER_SLEEP_SECONDS (default 0.05).
+"""
+
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+
+import httpx
+from tenacity import retry, stop_after_delay, wait_exponential
+
+from app.broker import make_celery
+from app.config import load_settings
+
+log = logging.getLogger("examples.worker")
+settings = load_settings()
+app = make_celery(settings)
+# one message at a time, acknowledged after the work: a killed worker's task is delivered again
+app.conf.update(worker_prefetch_multiplier=1, task_acks_late=True)
+
+SERVICE_URL = os.environ.get("TASK_MANAGER_URL", "http://127.0.0.1:8000").rstrip("/")
+API_KEY = os.environ.get("TASK_MANAGER_API_KEY") or os.environ.get("API_KEYS", "").split(",")[0].strip()
+FAIL_RATE = float(os.environ.get("WORKER_FAIL_RATE", "0.1"))
+SLEEP_SECONDS = float(os.environ.get("WORKER_SLEEP_SECONDS", "0.05"))
+_client = httpx.Client(timeout=10, headers={"X-API-Key": API_KEY} if API_KEY else {})
+
+
+def fibonacci(n: int) -> int:
+    a, b = 0, 1
+    for _ in range(n):
+        a, b = b, a + b
+    return a
+
+
+@retry(stop=stop_after_delay(60), wait=wait_exponential(multiplier=0.5, max=10), reraise=True)
+def report(record_id: str, status: str) -> None:
+    response = _client.post(f"{SERVICE_URL}/api/tasks/update-status", json={status: [record_id]})
+    response.raise_for_status()
+
+
+@app.task(name=settings.celery_task_name, bind=True)
+def simulate_task(self, *args, **kwargs) -> str:
+    payload = args[0] if args else kwargs
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).digest()
+    value = fibonacci(20 + digest[0] % 10)
+    time.sleep(SLEEP_SECONDS)
+    status = "FAILED" if random.random() < FAIL_RATE else "SUCCESS"
+    report(self.request.id, status)
+    log.info("task %s: fib=%d → %s", self.request.id, value, status)
+    return status

@@ -1,0 +1,56 @@
+"""The whole loop for real: ingest → replenish → the example worker in its own process → every task SUCCESS."""
+
+import httpx
+import pytest
+
+from tests.feishu.fixtures import APP_TOKEN, TABLE_ID
+from tests.processes import service_process, wait_until, worker_process
+
+pytestmark = pytest.mark.slow
+
+
+def run_loop(url: str, env: dict[str, str], workdir, queue: str, tasks: int) -> dict:
+    payloads = [{"alpha": f"rank(close_{n})", "region": "USA"} for n in range(tasks)]
+    assert httpx.post(f"{url}/api/tasks/ingest", json=payloads, timeout=30).json()["created"] == tasks
+    report = httpx.post(f"{url}/api/replenish", timeout=60).json()
+    assert (report["outcome"], report["published"]) == ("published", tasks), report
+    worker_env = {**env, "TASK_MANAGER_URL": url, "WORKER_FAIL_RATE": "0", "WORKER_SLEEP_SECONDS": "0"}
+    with worker_process(worker_env, workdir, queue) as worker_log:
+
+        def all_done() -> dict | None:
+            counts = httpx.get(f"{url}/api/stats", timeout=10).json()["counts"]
+            return counts if counts["SUCCESS"] == tasks else None
+
+        try:
+            return wait_until(all_done, 90, f"{tasks} tasks to reach SUCCESS")
+        except AssertionError:
+            print(worker_log.read_text()[-4000:])
+            raise
+
+
+def test_the_loop_on_the_embedded_default(tmp_path):
+    env = {"DATA_DIR": str(tmp_path / "data")}
+    with service_process(env, tmp_path) as url:
+        counts = run_loop(url, env, tmp_path, "celery", 40)
+    assert counts == {"PENDING": 0, "PROCESSING": 0, "SUCCESS": 40, "FAILED": 0, "CANCELLED": 0}
+
+
+@pytest.mark.broker
+def test_the_loop_on_rabbitmq_and_the_feishu_emulator(tmp_path, feishu, rabbit_url, queue_name):
+    env = {
+        "DATA_DIR": str(tmp_path / "data"),
+        "FEISHU_APP_ID": feishu.app_id,
+        "FEISHU_APP_SECRET": feishu.app_secret,
+        "FEISHU_BITABLE_APP_TOKEN": APP_TOKEN,
+        "FEISHU_BITABLE_TABLE_ID": TABLE_ID,
+        "FEISHU_DOMAIN": feishu.url,
+        "CELERY_BROKER_URL": rabbit_url,
+        "CELERY_QUEUE": queue_name,
+        "CELERY_QUEUE_MAX_PRIORITY": "10",
+    }
+    with service_process(env, tmp_path) as url:
+        run_loop(url, env, tmp_path, queue_name, 60)
+    rows = feishu.rows(APP_TOKEN, TABLE_ID).values()
+    assert len(rows) == 60
+    assert {row["Status"] for row in rows} == {"SUCCESS"}
+    assert {row["Attempts"] for row in rows} == {1}
