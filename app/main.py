@@ -19,6 +19,24 @@ from app.store.journal import ClaimJournal
 log = logging.getLogger("app")
 
 
+@asynccontextmanager
+async def running_service(settings: Settings) -> AsyncIterator[TaskService]:
+    """Every adapter the service needs, opened once and closed in reverse: for the app and the CLI alike."""
+    store = build_store(settings)
+    await store.open()
+    publisher = CeleryPublisher(settings)
+    notifier = build_notifier(settings.feishu_robot_webhook_url, settings.feishu_robot_secret.get_secret_value())
+    journal = ClaimJournal(settings.data_dir / "claims.db")
+    journal.open()
+    try:
+        yield TaskService(store, settings, publisher=publisher, notifier=notifier, journal=journal)
+    finally:
+        await notifier.close()
+        await publisher.close()
+        journal.close()
+        await store.close()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The ASGI app; settings are read when it starts, so a bad one stops start-up by name."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs full URLs: the bot webhook's token is a secret
@@ -26,37 +44,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         current = settings or load_settings()
-        store = build_store(current)
-        await store.open()
-        publisher = CeleryPublisher(current)
-        notifier = build_notifier(
-            current.feishu_robot_webhook_url, current.feishu_robot_secret.get_secret_value(), timeout=10
-        )
-        journal = ClaimJournal(current.data_dir / "claims.db")
-        journal.open()
-        service = TaskService(store, current, publisher=publisher, notifier=notifier, journal=journal)
-        scheduler = ReplenishScheduler(service, current)
-        app.state.settings, app.state.service, app.state.scheduler = current, service, scheduler
-        try:
-            await service.settle_claims()
-        except ServiceError as exc:  # the next cycle tries again
-            log.warning("could not settle earlier claims at start: %s", exc.detail)
-        scheduler.start()
-        log.info(
-            "started: store=%s broker=%s queue=%s data_dir=%s",
-            current.store_kind,
-            current.broker_scheme,
-            current.celery_queue,
-            current.data_dir,
-        )
-        try:
-            yield
-        finally:
-            scheduler.shutdown()
-            await notifier.close()
-            await publisher.close()
-            journal.close()
-            await store.close()
+        async with running_service(current) as service:
+            scheduler = ReplenishScheduler(service, current)
+            app.state.settings, app.state.service, app.state.scheduler = current, service, scheduler
+            try:
+                await service.settle_claims()
+            except ServiceError as exc:  # the next cycle tries again
+                log.warning("could not settle earlier claims at start: %s", exc.detail)
+            scheduler.start()
+            log.info(
+                "started: store=%s broker=%s queue=%s data_dir=%s",
+                current.store_kind,
+                current.broker_scheme,
+                current.celery_queue,
+                current.data_dir,
+            )
+            try:
+                yield
+            finally:
+                scheduler.shutdown()
 
     app = FastAPI(
         title="Task Manager for MQ",

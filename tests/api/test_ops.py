@@ -1,0 +1,59 @@
+"""Queue-side routes on the embedded default: a real filesystem broker under a temporary DATA_DIR."""
+
+from app.locks import FileLock
+
+
+def ingest(client, payloads, **params):
+    return client.post("/api/tasks/ingest", json=payloads, params=params).json()
+
+
+def test_priority_queue_publishes_new_tasks_and_reports_each(client):
+    answer = client.post("/api/tasks/priority-queue", json=[{"n": 1}, {"n": 2}, {"n": 1}]).json()
+    assert (answer["received"], answer["published"]) == (3, 2)
+    assert [i["outcome"] for i in answer["items"]] == ["published", "published", "published"]
+    again = client.post("/api/tasks/priority-queue", json=[{"n": 1}]).json()
+    assert [i["outcome"] for i in again["items"]] == ["already_queued"]
+    forced = client.post("/api/tasks/priority-queue", params={"force": "true"}, json=[{"n": 1}]).json()
+    assert [i["outcome"] for i in forced["items"]] == ["published"]
+    stats = client.get("/api/stats").json()
+    assert stats["counts"]["PROCESSING"] == 2 and stats["queue_depth"] == 3
+
+
+def test_priority_queue_validates_like_ingest(client):
+    assert client.post("/api/tasks/priority-queue", json={"n": 1}).status_code == 422
+    assert client.post("/api/tasks/priority-queue", json=[{"big": "x" * 100_001}]).status_code == 422
+    assert client.get("/api/stats").json()["counts"]["PENDING"] == 0
+
+
+def test_replenish_route_runs_the_cycle_and_dry_run_changes_nothing(client):
+    ingest(client, [{"n": n} for n in range(3)])
+    dry = client.post("/api/replenish", params={"dry_run": "true"}).json()
+    assert (dry["outcome"], dry["claimed"], dry["published"]) == ("dry_run", 3, 0)
+    assert client.get("/api/stats").json()["counts"]["PENDING"] == 3
+    report = client.post("/api/replenish").json()
+    assert (report["outcome"], report["published"], report["depth_before"], report["depth_after"]) == (
+        "published",
+        3,
+        0,
+        3,
+    )
+    stats = client.get("/api/stats").json()
+    assert stats["counts"]["PROCESSING"] == 3
+    assert stats["last_replenish"]["published"] == 3
+    assert stats["queue"] == "celery"
+
+
+def test_replenish_while_another_cycle_runs_is_409(client, tmp_path):
+    lock = FileLock(tmp_path / "data" / "replenish.lock")
+    assert lock.acquire()
+    try:
+        response = client.post("/api/replenish")
+        assert response.status_code == 409 and response.json()["error"] == "conflict"
+    finally:
+        lock.release()
+
+
+def test_stats_names_the_next_replenish_of_the_scheduler_owner(client):
+    stats = client.get("/api/stats").json()
+    assert stats["scheduler_owner"] is True
+    assert stats["next_replenish"] is not None
