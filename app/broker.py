@@ -9,6 +9,7 @@ from typing import Any, Protocol, TypeVar
 
 from celery import Celery
 from kombu import Exchange, Queue
+from kombu.exceptions import KombuError
 
 from app.config import PayloadAs, Settings
 from app.errors import BrokerUnavailable, QueueMissing
@@ -73,6 +74,8 @@ class CeleryPublisher:
         self.celery = make_celery(settings)
         self.queue = settings.celery_queue
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="broker")  # kombu is not async
+        connection = self.celery.connection_for_write()  # loads the transport: a missing client fails at start
+        self._broker_errors = (OSError, KombuError, *connection.connection_errors, *connection.channel_errors)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -99,9 +102,7 @@ class CeleryPublisher:
             with self.celery.connection_for_write() as conn:
                 conn.ensure_connection(max_retries=1, timeout=self.settings.broker_timeout_seconds)
                 return work(conn)
-        except (QueueMissing, BrokerUnavailable):
-            raise
-        except Exception as exc:  # kombu raises a different family per transport
+        except self._broker_errors as exc:
             raise BrokerUnavailable(f"the broker is unreachable: {type(exc).__name__}: {exc}") from None
 
     def _depth(self) -> int:

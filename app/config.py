@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     def broker_scheme(self) -> str:
         """amqp, redis, or filesystem for the embedded default."""
         scheme = self.broker_url.partition("://")[0].partition("+")[0] or "filesystem"
-        return {"pyamqp": "amqp", "amqps": "amqp", "rediss": "redis"}.get(scheme, scheme)
+        return {"pyamqp": "amqp", "amqps": "amqp", "rediss": "redis", "sentinel": "redis"}.get(scheme, scheme)
 
     @property
     def priorities(self) -> tuple[int, int]:
@@ -110,16 +110,23 @@ class Settings(BaseSettings):
         if self.broker_scheme == "redis":
             if max(default, high) > 9:
                 raise ConfigError("CELERY_DEFAULT_PRIORITY and CELERY_HIGH_PRIORITY must be 0-9 on Redis")
-            if high >= default:
+            if _redis_step(high) >= _redis_step(default):
                 raise ConfigError(
-                    f"CELERY_HIGH_PRIORITY ({high}) must be below CELERY_DEFAULT_PRIORITY ({default}): "
-                    "on Redis 0 is the most urgent"
+                    f"CELERY_HIGH_PRIORITY ({high}) must be below CELERY_DEFAULT_PRIORITY ({default}), in a lower "
+                    "one of kombu's steps 0, 3, 6, 9: on Redis 0 is the most urgent"
                 )
-        elif self.broker_scheme == "amqp" and high <= default:
-            raise ConfigError(
-                f"CELERY_HIGH_PRIORITY ({high}) must be above CELERY_DEFAULT_PRIORITY ({default}): "
-                "on RabbitMQ a larger number is more urgent"
-            )
+        elif self.broker_scheme == "amqp":
+            if high <= default:
+                raise ConfigError(
+                    f"CELERY_HIGH_PRIORITY ({high}) must be above CELERY_DEFAULT_PRIORITY ({default}): "
+                    "on RabbitMQ a larger number is more urgent"
+                )
+            ceiling = self.celery_queue_max_priority
+            if ceiling is not None and default >= ceiling:
+                raise ConfigError(
+                    f"CELERY_DEFAULT_PRIORITY ({default}) must be below CELERY_QUEUE_MAX_PRIORITY ({ceiling}): "
+                    "RabbitMQ caps priorities at the queue's maximum, so both would be equal"
+                )
 
     def check_bitable(self) -> None:
         missing = [
@@ -134,6 +141,11 @@ class Settings(BaseSettings):
         ]
         if missing:
             raise ConfigError(f"STORE=bitable needs {', '.join(missing)}")
+
+
+def _redis_step(priority: int) -> int:
+    """The list kombu files a Redis message in: priorities are rounded down to 0, 3, 6 or 9."""
+    return max(step for step in (0, 3, 6, 9) if step <= priority)
 
 
 class ConfigError(RuntimeError):

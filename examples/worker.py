@@ -9,7 +9,8 @@ Each task does sample work (a Fibonacci number and a short sleep), fails now and
 SUCCESS or FAILED back through POST /api/tasks/update-status, using its own task id as the record id.
 
 Its own settings: TASK_MANAGER_URL (default http://127.0.0.1:8000), TASK_MANAGER_API_KEY (default:
-the first of API_KEYS), WORKER_FAIL_RATE (default 0.1), WORKER_SLEEP_SECONDS (default 0.05).
+the first of API_KEYS), WORKER_FAIL_RATE (default 0.1), WORKER_SLEEP_SECONDS (default 0.05). On RabbitMQ
+it declares CELERY_QUEUE with x-max-priority = CELERY_QUEUE_MAX_PRIORITY (default 10).
 """
 
 import hashlib
@@ -20,6 +21,7 @@ import random
 import time
 
 import httpx
+from kombu import Exchange, Queue
 from tenacity import retry, stop_after_delay, wait_exponential
 
 from app.broker import make_celery
@@ -30,6 +32,17 @@ settings = load_settings()
 app = make_celery(settings)
 # one message at a time, acknowledged after the work: a killed worker's task is delivered again
 app.conf.update(worker_prefetch_multiplier=1, task_acks_late=True)
+if settings.broker_scheme == "amqp":
+    # the workers own the queue: declare it with priorities, as the service expects (x-max-priority)
+    max_priority = settings.celery_queue_max_priority or 10
+    app.conf.task_queues = [
+        Queue(
+            settings.celery_queue,
+            Exchange(settings.celery_queue, type="direct"),
+            routing_key=settings.celery_queue,
+            queue_arguments={"x-max-priority": max_priority},
+        )
+    ]
 
 SERVICE_URL = os.environ.get("TASK_MANAGER_URL", "http://127.0.0.1:8000").rstrip("/")
 API_KEY = os.environ.get("TASK_MANAGER_API_KEY") or os.environ.get("API_KEYS", "").split(",")[0].strip()

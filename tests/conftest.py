@@ -8,7 +8,7 @@ from app.config import Settings
 from app.store.bitable import BitableTaskStore
 from app.store.sqlite import SqliteTaskStore
 
-pytest_plugins = ["tests.feishu.fixtures"]
+pytest_plugins = ["tests.feishu.fixtures", "tests.brokers"]
 
 _OUR_SETTINGS = {name.upper() for name in Settings.model_fields}
 
