@@ -3,6 +3,7 @@
 import httpx
 import pytest
 
+from tests.brokers import declare_workers_queue
 from tests.feishu.fixtures import APP_TOKEN, TABLE_ID
 from tests.processes import service_process, wait_until, worker_process
 
@@ -54,3 +55,12 @@ def test_the_loop_on_rabbitmq_and_the_feishu_emulator(tmp_path, feishu, rabbit_u
     assert len(rows) == 60
     assert {row["Status"] for row in rows} == {"SUCCESS"}
     assert {row["Attempts"] for row in rows} == {1}
+
+
+@pytest.mark.broker
+def test_the_loop_on_rabbitmq_and_the_embedded_store(tmp_path, rabbit_url, queue_name):
+    env = {"DATA_DIR": str(tmp_path / "data"), "CELERY_BROKER_URL": rabbit_url, "CELERY_QUEUE": queue_name}
+    declare_workers_queue(rabbit_url, queue_name, max_priority=10)  # the workers' app declared it earlier
+    with service_process(env, tmp_path) as url:
+        counts = run_loop(url, env, tmp_path, queue_name, 40)
+    assert counts["SUCCESS"] == 40 and counts["PROCESSING"] == 0

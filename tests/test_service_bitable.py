@@ -1,4 +1,4 @@
-"""The replenish cycle over the real SDK (emulator) and real RabbitMQ: what one cycle costs, and what a dead bot does."""
+"""The replenish cycle over the real SDK (emulator) and real RabbitMQ: its cost, and what a dead bot does."""
 
 import logging
 import time
@@ -12,7 +12,6 @@ from app.store.bitable import BitableTaskStore
 from app.store.journal import ClaimJournal
 from tests.brokers import declare_workers_queue, passive_declare
 from tests.conftest import bitable_settings
-from tests.feishu.fixtures import APP_TOKEN, TABLE_ID
 
 pytestmark = pytest.mark.broker
 
