@@ -94,6 +94,17 @@ def stats() -> None:
         console.print(f"last replenish: {result.last_replenish.finished_at} ({result.last_replenish.outcome})")
 
 
+@cli.command()
+def demo(
+    tasks: int = typer.Option(500, min=1, max=100_000, help="how many tasks to push through the loop"),
+    workers: int = typer.Option(3, min=1, max=32, help="example worker processes"),
+) -> None:
+    """The whole loop on the embedded default, with live progress: ingest, replenish, workers, SUCCESS."""
+    from app.demo import run_demo
+
+    raise typer.Exit(run_demo(tasks=tasks, workers=workers, console=console))
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     cli()

@@ -28,6 +28,10 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
+    api_keys: Annotated[list[SecretStr], NoDecode] = []
+    log_level: str = Field("INFO", pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR)$")
+    log_format: str = Field("json", pattern=r"^(json|text)$")
+
     store: StoreKind = StoreKind.AUTO
     data_dir: Path = Path("data")
     dedup_keys: Annotated[list[str], NoDecode] = []
@@ -64,7 +68,7 @@ class Settings(BaseSettings):
     lease_timeout_hours: float = Field(24.0, ge=0)
     max_attempts: int = Field(3, ge=1)
 
-    _csv = field_validator("dedup_keys", mode="before")(_split_csv)
+    _csv = field_validator("dedup_keys", "api_keys", mode="before")(_split_csv)
 
     @field_validator("feishu_robot_webhook_url")
     @classmethod
