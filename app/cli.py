@@ -1,29 +1,37 @@
 import asyncio
+import dataclasses
+import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from app.config import ConfigError, load_settings
+from app.config import ConfigError, StoreKind, load_settings
 from app.errors import ServiceError
+from app.logs import configure_logging
+from app.models import TaskRecord, TaskStatus
 from app.service import TaskService
 from app.store import build_store
 
 T = TypeVar("T")
 
 cli = typer.Typer(help="Task Manager for MQ", no_args_is_help=True, add_completion=False)
+tasks_cli = typer.Typer(help="Look at tasks.", no_args_is_help=True)
+cli.add_typer(tasks_cli, name="tasks")
 console = Console()
 
 
 def _settings():
     try:
-        return load_settings()
+        settings = load_settings()
     except ConfigError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
+    configure_logging(settings)
+    return settings
 
 
 @cli.command()
@@ -94,6 +102,72 @@ def stats() -> None:
         console.print(f"last replenish: {result.last_replenish.finished_at} ({result.last_replenish.outcome})")
 
 
+@cli.command("setup-bitable")
+def setup_bitable() -> None:
+    """Create every missing column of the Bitable table (existing ones are left alone)."""
+    from app.store.bitable import BitableTaskStore, setup_columns
+
+    settings = _settings()
+    if settings.store_kind is not StoreKind.BITABLE:
+        console.print("[red]setup-bitable needs a Bitable: set FEISHU_APP_ID and the other FEISHU_* settings[/red]")
+        raise typer.Exit(2)
+    try:
+        created, wrong = asyncio.run(setup_columns(BitableTaskStore.from_settings(settings).table))
+    except ServiceError as exc:
+        console.print(f"[red]{exc.error}: {exc.detail}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"created: {', '.join(created)}" if created else "every column is already there")
+    if wrong:
+        console.print(f"[yellow]columns of the wrong type (change or rename them by hand): {', '.join(wrong)}[/yellow]")
+        raise typer.Exit(1)
+
+
+@cli.command()
+def prune(
+    status: Annotated[TaskStatus, typer.Option("--status", help="SUCCESS, FAILED or CANCELLED")],
+    older_than: Annotated[float, typer.Option("--older-than", help="days since the task was created")],
+) -> None:
+    """Delete finished tasks to keep the table under its row limit; dedup still knows them."""
+    removed = _with_service(lambda service: service.prune(status, older_than))
+    console.print(
+        f"removed {removed:,} {status.value} tasks created more than {older_than:g} days ago; "
+        "their identifiers stay in the dedup index"
+    )
+
+
+@tasks_cli.command("show")
+def tasks_show(
+    target: Annotated[str, typer.Argument(help="how many tasks to list, or one record id")],
+    status: Annotated[TaskStatus | None, typer.Option("--status", help="only tasks with this status")] = None,
+) -> None:
+    """List the first N tasks (optionally of one status), or show one task in full."""
+    if target.isdigit():
+        page = _with_service(lambda service: service.list_tasks(status, max(1, min(int(target), 500)), None))
+        table = Table(
+            "record id", "status", "priority", "attempts", "created", "payload", title=f"{page.total:,} tasks"
+        )
+        for record in page.items:
+            table.add_row(*_row(record))
+        console.print(table)
+        return
+    record = _with_service(lambda service: service.get_task(target))
+    for field in dataclasses.fields(record):
+        console.print(f"[bold]{field.name}[/bold]: {getattr(record, field.name)}")
+
+
+def _row(record: TaskRecord) -> list[str]:
+    created = record.created_at.isoformat(timespec="seconds") if record.created_at else ""
+    payload = json.dumps(record.payload, ensure_ascii=False)
+    return [
+        record.record_id,
+        str(record.status or ""),
+        "" if record.priority is None else f"{record.priority:g}",
+        str(record.attempts),
+        created,
+        payload if len(payload) <= 80 else payload[:77] + "...",
+    ]
+
+
 @cli.command()
 def demo(
     tasks: int = typer.Option(500, min=1, max=100_000, help="how many tasks to push through the loop"),
@@ -106,5 +180,5 @@ def demo(
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.WARNING)  # until a command's settings configure logging properly
     cli()

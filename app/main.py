@@ -5,11 +5,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.api.errors import install_error_handlers
+from app.api.ops import probes
 from app.api.ops import router as ops_router
 from app.api.tasks import router as tasks_router
 from app.broker import CeleryPublisher
 from app.config import Settings, load_settings
 from app.errors import ServiceError
+from app.logs import RequestIdMiddleware, configure_logging
 from app.notify import build_notifier
 from app.scheduler import ReplenishScheduler
 from app.service import TaskService
@@ -39,11 +41,14 @@ async def running_service(settings: Settings) -> AsyncIterator[TaskService]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The ASGI app; settings are read when it starts, so a bad one stops start-up by name."""
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs full URLs: the bot webhook's token is a secret
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         current = settings or load_settings()
+        configure_logging(current)
+        app.state.api_keys = [key.get_secret_value().encode() for key in current.api_keys]
+        if not app.state.api_keys:
+            log.warning("API_KEYS is empty: every /api route is open to anyone who can reach this port")
         async with running_service(current) as service:
             scheduler = ReplenishScheduler(service, current)
             app.state.settings, app.state.service, app.state.scheduler = current, service, scheduler
@@ -73,6 +78,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(tasks_router)
     app.include_router(ops_router)
+    app.include_router(probes)
+    app.add_middleware(RequestIdMiddleware)
     return app
 
 

@@ -19,6 +19,15 @@ from app.errors import (
 )
 from app.identity import MAX_PAYLOAD_CHARS, canonical_json, task_identifier
 from app.locks import FileLock
+from app.metrics import (
+    BOT_SENDS,
+    MESSAGES_PUBLISHED,
+    POOL_TASKS,
+    QUEUE_DEPTH,
+    REPLENISH_RUNS,
+    STATUS_UPDATES,
+    TASKS_INGESTED,
+)
 from app.models import (
     BulkStatusUpdate,
     IngestResponse,
@@ -104,6 +113,8 @@ class TaskService:
             first_seen.add(task.identifier)
             items.append(_outcome(entry, "created" if created else "duplicate"))
         created_count = sum(item.outcome == "created" for item in items)
+        TASKS_INGESTED.labels("created").inc(created_count)
+        TASKS_INGESTED.labels("duplicate").inc(len(tasks) - created_count)
         return IngestResponse(
             received=len(tasks), created=created_count, duplicates=len(tasks) - created_count, items=items
         )
@@ -120,8 +131,11 @@ class TaskService:
             raise InvalidInput(f"record ids listed under two statuses: {', '.join(sorted(twice))}")
         changes = [StatusChange(rid, TaskStatus(status)) for status, ids in given.items() for rid in ids]
         not_found = set(await self.store.update(changes)) if changes else set()
+        updated = {status: sum(rid not in not_found for rid in ids) for status, ids in given.items()}
+        for status, count in updated.items():
+            STATUS_UPDATES.labels(status).inc(count)
         return UpdateStatusResponse(
-            updated={status: sum(rid not in not_found for rid in ids) for status, ids in given.items()},
+            updated=updated,
             not_found=[change.record_id for change in changes if change.record_id in not_found],
         )
 
@@ -155,6 +169,14 @@ class TaskService:
             record.attempts = attempts
         return record
 
+    async def prune(self, status: TaskStatus, older_than_days: float) -> int:
+        """Delete finished tasks created more than that many days ago, keeping their identifiers for dedup."""
+        if status not in (TaskStatus.SUCCESS, TaskStatus.FAILED, TaskStatus.CANCELLED):
+            raise InvalidInput(f"only finished tasks (SUCCESS, FAILED, CANCELLED) can be pruned, not {status}")
+        if older_than_days < 0:
+            raise InvalidInput("--older-than must be zero or more days")
+        return await self.store.prune(status, self.clock() - timedelta(days=older_than_days))
+
     # ---- the queue side ---------------------------------------------------------------------------
 
     async def push_priority(self, payloads: Sequence[dict[str, Any]], force: bool = False) -> PriorityResponse:
@@ -181,7 +203,7 @@ class TaskService:
                 else:
                     outcome = "already_queued" if record.status is TaskStatus.PROCESSING else "already_done"
                     results[entry.identifier] = (record.record_id, outcome)
-            sent, unsent, _ = await self._dispatch(to_send, self.settings.priorities[1])
+            sent, unsent, _ = await self._dispatch(to_send, "high")
         for record in sent:
             results[record.identifier or ""] = (record.record_id, "published")
         for record in unsent:
@@ -193,7 +215,7 @@ class TaskService:
         return PriorityResponse(received=len(tasks), published=len(sent), items=items)
 
     async def _dispatch(
-        self, records: list[TaskRecord], priority: int
+        self, records: list[TaskRecord], priority_class: str
     ) -> tuple[list[TaskRecord], list[TaskRecord], ServiceError | None]:
         """Claim, publish, and put back what did not go out: a row is never PROCESSING without a message."""
         if not records:
@@ -215,12 +237,15 @@ class TaskService:
         self.journal.settle(missing)
         claimed = [r for r in records if r.record_id not in missing]
         error: ServiceError | None = None
+        priority = self.settings.priorities[0 if priority_class == "default" else 1]
         try:
             failed = set(await self.publisher.publish([Message(r.record_id, r.payload) for r in claimed], priority))
         except (QueueMissing, BrokerUnavailable) as exc:
             failed, error = {r.record_id for r in claimed}, exc
         sent = [r for r in claimed if r.record_id not in failed]
         unsent = [r for r in claimed if r.record_id in failed]
+        MESSAGES_PUBLISHED.labels(priority_class, "sent").inc(len(sent))
+        MESSAGES_PUBLISHED.labels(priority_class, "failed").inc(len(unsent))
         self.journal.mark_published(r.record_id for r in sent)
         if unsent:
             await self.store.update(
@@ -300,7 +325,7 @@ class TaskService:
                     elif not candidates:
                         report.outcome = "nothing_pending"
                     else:
-                        sent, unsent, error = await self._dispatch(candidates, settings.priorities[0])
+                        sent, unsent, error = await self._dispatch(candidates, "default")
                         report.outcome = "published" if sent or not error else "failed"
                         report.claimed, report.published, report.failed = len(candidates), len(sent), len(unsent)
                         report.error = error.detail if error else None
@@ -314,11 +339,15 @@ class TaskService:
             self._cycle.release()
         report.finished_at = self.clock()
         log.info("replenish: %s", report.model_dump_json(exclude_none=True))
+        REPLENISH_RUNS.labels(report.outcome).inc()
+        depth = report.depth_after if report.depth_after is not None else report.depth_before
+        if depth is not None:
+            QUEUE_DEPTH.set(depth)
         if not dry_run:
             self._last_report_path.write_text(report.model_dump_json())
             notice = replenish_notice(report, settings)
             if notice is not None:
-                await self.notifier.send(notice)
+                BOT_SENDS.labels("sent" if await self.notifier.send(notice) else "failed").inc()
         return report
 
     def last_report(self) -> ReplenishReport | None:
@@ -332,10 +361,14 @@ class TaskService:
         depth, queue_error = None, None
         try:
             depth = await self.publisher.queue_depth()
+            QUEUE_DEPTH.set(depth)
         except ServiceError as exc:
             queue_error = exc.detail
+        counts = {status.value: page.total or 0 for status, page in zip(TaskStatus, totals, strict=True)}
+        for status, count in counts.items():
+            POOL_TASKS.labels(status).set(count)
         return StatsOut(
-            counts={status.value: page.total or 0 for status, page in zip(TaskStatus, totals, strict=True)},
+            counts=counts,
             queue=self.settings.celery_queue,
             queue_depth=depth,
             queue_error=queue_error,

@@ -1,12 +1,19 @@
+import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.deps import ServiceDep
+from app.api.security import require_api_key
 from app.api.tasks import ERRORS
+from app.errors import ServiceError
 from app.models import ReplenishReport, StatsOut
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operations"], dependencies=[Depends(require_api_key)])
+probes = APIRouter(tags=["probes"])
+PROBE_TIMEOUT_SECONDS = 5
 
 
 @router.post("/api/replenish", response_model=ReplenishReport, responses=ERRORS)
@@ -26,7 +33,38 @@ async def stats(service: ServiceDep, request: Request) -> StatsOut:
     return result
 
 
-@router.get("/healthz")
+@probes.get("/healthz")
 async def healthz() -> dict[str, str]:
     """The process is up."""
     return {"status": "ok"}
+
+
+@probes.get("/readyz", responses={503: {"description": "a dependency is down; the body names it"}})
+async def readyz(service: ServiceDep) -> JSONResponse:
+    """The store (Feishu token and table, or SQLite) and the broker answer within a few seconds."""
+    names = ("store", "broker")
+    results = await asyncio.gather(
+        *(asyncio.wait_for(check(), PROBE_TIMEOUT_SECONDS) for check in (service.store.check, service.publisher.check)),
+        return_exceptions=True,
+    )
+    checks = {name: _probe_result(result) for name, result in zip(names, results, strict=True)}
+    down = [f"{name}: {state}" for name, state in checks.items() if state != "ok"]
+    if down:
+        return JSONResponse({"error": "not_ready", "detail": "; ".join(down), "checks": checks}, status_code=503)
+    return JSONResponse({"status": "ready", "checks": checks})
+
+
+@probes.get("/metrics", response_class=Response)
+async def metrics() -> Response:
+    """Prometheus text format."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _probe_result(result: object) -> str:
+    if isinstance(result, TimeoutError):
+        return f"no answer within {PROBE_TIMEOUT_SECONDS}s"
+    if isinstance(result, ServiceError):
+        return result.detail
+    if isinstance(result, BaseException):
+        return f"{type(result).__name__}: {result}"
+    return "ok"

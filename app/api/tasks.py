@@ -1,8 +1,9 @@
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Query
+from fastapi import APIRouter, Body, Depends, Path, Query
 
 from app.api.deps import ServiceDep
+from app.api.security import require_api_key
 from app.models import (
     BulkStatusUpdate,
     ErrorOut,
@@ -14,7 +15,7 @@ from app.models import (
     UpdateStatusResponse,
 )
 
-router = APIRouter(prefix="/api/tasks", tags=["tasks"])
+router = APIRouter(prefix="/api/tasks", tags=["tasks"], dependencies=[Depends(require_api_key)])
 
 RecordId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The task's record id")]
 Payloads = Annotated[list[dict[str, Any]], Body(description="Task payloads: a JSON list of objects")]

@@ -13,6 +13,9 @@ class TaskStore(Protocol):
 
     async def close(self) -> None: ...
 
+    async def check(self) -> None:
+        """Raise StoreUnavailable/StoreRejected unless the store answers (Bitable: token and table access)."""
+
     async def add(self, tasks: Sequence[NewTask]) -> list[Stored]:
         """Store the tasks whose identifiers were never seen; one `Stored` per task, in order.
 
@@ -41,6 +44,9 @@ class TaskStore(Protocol):
     @property
     def supports_leases(self) -> bool:
         """Whether claims record ClaimedAt and Attempts (Bitable: the optional columns exist)."""
+
+    async def prune(self, status: TaskStatus, created_before: datetime) -> int:
+        """Delete finished tasks created before then; their identifiers stay duplicates. Answer how many went."""
 
     async def reindex(self) -> int:
         """Rebuild the identifier index from the pool; answer how many identifiers it holds."""

@@ -30,6 +30,7 @@ STATUS_OPTIONS = {"options": [{"name": status.value} for status in TaskStatus]}
 
 MAX_CREATE = 1_000  # records per batch_create / batch_update
 MAX_GET = 100  # record ids per batch_get
+MAX_DELETE = 500  # record ids per batch_delete
 MAX_PAGE = 500  # search page_size
 MAX_CONDITIONS = 50
 MAX_FILTER_CHARS = 2_000
@@ -83,6 +84,7 @@ class BitableTaskStore:
             settings.feishu_bitable_table_id,
             settings.feishu_domain,
             settings.feishu_timeout_seconds,
+            log_level=settings.log_level,
             attempts=settings.feishu_retry_attempts,
             backoff_base=settings.feishu_retry_base_seconds,
         )
@@ -118,6 +120,9 @@ class BitableTaskStore:
                 "need them (`python -m app setup-bitable` adds them)",
                 ", ".join(missing),
             )
+
+    async def check(self) -> None:
+        await self.table.list_fields()
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -363,6 +368,29 @@ class BitableTaskStore:
         items = [self._decode(record_id, fields) for record_id, fields in page.records]
         return TaskPage(items=items, next_page_token=page.page_token, total=page.total)
 
+    async def prune(self, status: TaskStatus, created_before: datetime) -> int:
+        filter_ = _status_is(status)
+        # whole days only in the filter: read that day's rows too and compare exact times here
+        filter_["conditions"].append(
+            {"field_name": CREATED_AT, "operator": "isLessEqual", "value": ["ExactDate", str(to_ms(created_before))]}
+        )
+        doomed: list[tuple[str, str | None]] = []
+        token = None
+        while True:
+            page = await self.table.search(filter_=filter_, field_names=[IDENTIFIER, CREATED_AT], page_token=token)
+            for record_id, fields in page.records:
+                created = _number(_plain(fields.get(CREATED_AT)))
+                if created is not None and created < to_ms(created_before):
+                    doomed.append((record_id, _plain(fields.get(IDENTIFIER)) or None))
+            if not (token := page.page_token):
+                break
+        # pruned in the index first: a crash between the two must not let a deleted task come back
+        self.index.mark_pruned([identifier for _, identifier in doomed if _is_identifier(identifier)])
+        for chunk in chunked([record_id for record_id, _ in doomed], MAX_DELETE):
+            async with self._write_lock:
+                await self.table.batch_delete(chunk)
+        return len(doomed)
+
     async def reindex(self) -> int:
         """Read every Identifier (500 a page) into the index; identifiers already known stay."""
         self.index.mark_complete(False)
@@ -392,6 +420,19 @@ class BitableTaskStore:
             claimed_at=from_ms(_number(plain.get(CLAIMED_AT))),
             attempts=int(_number(plain.get(ATTEMPTS)) or 0),
         )
+
+
+async def setup_columns(table: FeishuTable) -> tuple[list[str], list[str]]:
+    """Create every missing service column with its type (Status with its options); answer (created, wrong type)."""
+    existing = {f.name: f.type for f in await table.list_fields()}
+    created, wrong = [], []
+    for name, column_type in COLUMNS.items():
+        if name not in existing:
+            await table.create_field(name, column_type, STATUS_OPTIONS if name == STATUS else None)
+            created.append(name)
+        elif existing[name] != column_type:
+            wrong.append(f"{name} (type {existing[name]}, needs {column_type})")
+    return created, wrong
 
 
 # ---- value shapes -------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from lark_oapi.core.token.manager import TokenManager
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from app.errors import StoreRejected, StoreUnavailable
+from app.metrics import FEISHU_CALLS, FEISHU_LATENCY, FEISHU_RETRIES
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,15 @@ class FeishuTable:
 
     @classmethod
     def build(
-        cls, app_id: str, app_secret: str, app_token: str, table_id: str, domain: str, timeout: float, **retry: Any
+        cls,
+        app_id: str,
+        app_secret: str,
+        app_token: str,
+        table_id: str,
+        domain: str,
+        timeout: float,
+        log_level: str = "WARNING",
+        **retry: Any,
     ) -> "FeishuTable":
         client = (
             lark.Client.builder()
@@ -121,7 +130,7 @@ class FeishuTable:
             .app_secret(app_secret)
             .domain(domain)
             .timeout(timeout)
-            .log_level(lark.LogLevel.WARNING)
+            .log_level(lark.LogLevel[log_level.upper()])
             .build()
         )
         return cls(client, app_token, table_id, **retry)
@@ -206,6 +215,7 @@ class FeishuTable:
             stop=stop_after_attempt(self._attempts),
             wait=self._wait,
             retry=retry_if_exception_type(_Retry),
+            before_sleep=lambda _: FEISHU_RETRIES.labels(endpoint).inc(),
             reraise=True,
         )
         try:
@@ -226,13 +236,17 @@ class FeishuTable:
         try:
             response = await method(request)
         except httpx.TimeoutException:
+            self._observe(endpoint, "timeout", started)
             raise _Retry(f"timed out after {time.perf_counter() - started:.1f}s") from None
         except httpx.HTTPError as exc:
+            self._observe(endpoint, "transport", started)
             raise _Retry(f"connection failed: {type(exc).__name__}") from None
         except ValueError as exc:  # a gateway's HTML page instead of JSON; the SDK's unmarshal errors too
+            self._observe(endpoint, "not_json", started)
             raise _Retry(f"answer was not Feishu JSON ({type(exc).__name__})") from None
         status = response.raw.status_code if response.raw else 0
         code = response.code
+        self._observe(endpoint, str(code), started)
         log.debug("feishu %s status=%s code=%s %.3fs", endpoint, status, code, time.perf_counter() - started)
         if code == 0:
             return response.data
@@ -247,6 +261,11 @@ class FeishuTable:
             raise _Retry(f"HTTP {status} (code {code})")
         hint = _PERMANENT_HINTS.get(code, response.msg or "")
         raise StoreRejected(f"Feishu {endpoint} refused the request: code {code}: {hint}")
+
+    @staticmethod
+    def _observe(endpoint: str, code: str, started: float) -> None:
+        FEISHU_CALLS.labels(endpoint, code).inc()
+        FEISHU_LATENCY.labels(endpoint).observe(time.perf_counter() - started)
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None

@@ -47,6 +47,9 @@ class SqliteTaskStore:
             self._db.close()
             self._db = None
 
+    async def check(self) -> None:
+        self.db.execute("SELECT 1").fetchone()
+
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:
@@ -169,6 +172,12 @@ class SqliteTaskStore:
     @property
     def supports_leases(self) -> bool:
         return True
+
+    async def prune(self, status: TaskStatus, created_before: datetime) -> int:
+        where, args = "status = ? AND created_at < ?", (status.value, to_ms(created_before))
+        with self._transaction():
+            self.db.execute(f"INSERT OR IGNORE INTO pruned SELECT identifier FROM tasks WHERE {where}", args)
+            return self.db.execute(f"DELETE FROM tasks WHERE {where}", args).rowcount
 
     async def reindex(self) -> int:
         """The tasks table is its own index here; answer how many identifiers dedup knows."""

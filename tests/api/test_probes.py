@@ -1,0 +1,81 @@
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.main import create_app
+from tests.conftest import bitable_settings, make_settings
+from tests.processes import free_port
+
+
+def samples(client) -> dict[tuple[str, tuple], float]:
+    text = client.get("/metrics").text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_readyz_is_ready_on_the_embedded_default(client):
+    body = client.get("/readyz").json()
+    assert body == {"status": "ready", "checks": {"store": "ok", "broker": "ok"}}
+
+
+def test_readyz_names_the_broker_when_it_is_down(tmp_path):
+    url = f"amqp://guest:guest@127.0.0.1:{free_port()}//"
+    settings = make_settings(tmp_path / "data", celery_broker_url=url, broker_timeout_seconds=1)
+    with TestClient(create_app(settings)) as client:
+        response = client.get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["error"] == "not_ready" and body["checks"]["store"] == "ok"
+    assert body["checks"]["broker"] != "ok" and "broker" in body["detail"]
+    assert "guest:guest" not in response.text
+
+
+def test_readyz_names_feishu_when_it_is_down(feishu, tmp_path):
+    with TestClient(create_app(bitable_settings(feishu, tmp_path / "data", feishu_retry_attempts=1))) as client:
+        assert client.get("/readyz").json()["checks"] == {"store": "ok", "broker": "ok"}
+        feishu.stop()
+        response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["broker"] == "ok"
+    assert "store:" in response.json()["detail"]
+
+
+def test_metrics_count_what_the_service_does(feishu, tmp_path):
+    with TestClient(create_app(bitable_settings(feishu, tmp_path / "data"))) as client:
+        before = samples(client)
+        client.post("/api/tasks/ingest", json=[{"n": 1}, {"n": 2}, {"n": 1}])
+        ids = [i["record_id"] for i in client.post("/api/tasks/priority-queue", json=[{"n": 3}]).json()["items"]]
+        client.post("/api/tasks/update-status", json={"SUCCESS": ids})
+        client.post("/api/replenish")
+        client.get("/api/stats")
+        after = samples(client)
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert delta("taskmanager_tasks_ingested_total", outcome="created") == 2
+    assert delta("taskmanager_tasks_ingested_total", outcome="duplicate") == 1
+    assert delta("taskmanager_messages_published_total", priority="high", result="sent") == 1
+    assert delta("taskmanager_messages_published_total", priority="default", result="sent") == 2
+    assert delta("taskmanager_status_updates_total", status="SUCCESS") == 1
+    assert delta("taskmanager_replenish_runs_total", outcome="published") == 1
+    assert delta("taskmanager_bot_sends_total", outcome="sent") == 1
+    assert delta("taskmanager_feishu_calls_total", endpoint="batch_create", code="0") == 2
+    assert delta("taskmanager_feishu_call_seconds_count", endpoint="search") >= 3
+    assert after[("taskmanager_pool_tasks", (("status", "PROCESSING"),))] == 2
+    assert after[("taskmanager_queue_depth", ())] == 3
+
+
+def test_retries_are_counted(feishu, tmp_path):
+    with TestClient(create_app(bitable_settings(feishu, tmp_path / "data"))) as client:
+        before = samples(client)
+        feishu.add_fault("conflict", endpoint="batch_create", times=2)
+        client.post("/api/tasks/ingest", json=[{"n": 1}])
+        after = samples(client)
+    key = ("taskmanager_feishu_retries_total", (("endpoint", "batch_create"),))
+    assert after[key] - before.get(key, 0) == 2
+    key = ("taskmanager_feishu_calls_total", (("code", "1254291"), ("endpoint", "batch_create")))
+    assert after[key] - before.get(key, 0) == 2
