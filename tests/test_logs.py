@@ -40,6 +40,7 @@ def test_debug_logs_of_a_whole_session_carry_no_secret(feishu, tmp_path, capture
     monkeypatch.setattr("app.main.configure_logging", lambda s: configure_logging(s, captured))
     headers = {"X-API-Key": API_KEY}
     with TestClient(create_app(settings)) as client:
+        logging.getLogger("httpx").setLevel(logging.DEBUG)  # an operator turns it up: it logs the webhook URL
         client.post("/api/tasks/ingest", json=[{"n": n} for n in range(3)], headers=headers)
         client.post("/api/tasks/ingest", json=[{"n": 9}], headers={"Authorization": f"Bearer {API_KEY}"})
         client.post("/api/tasks/ingest", json=[{"n": 9}], headers={"X-API-Key": API_KEY + "-wrong"})
@@ -50,6 +51,7 @@ def test_debug_logs_of_a_whole_session_carry_no_secret(feishu, tmp_path, capture
     output = captured.getvalue()
     assert feishu.count("token") == 2 and len(feishu.bot_messages(BOT_TOKEN)) == 1
     assert any(json.loads(line)["logger"] == "Lark" for line in output.splitlines()), "the SDK's own lines"
+    assert "/bot/v2/hook/***" in output, "the webhook URL was logged, and redacted"
     for secret in (feishu.app_secret, API_KEY, BOT_SECRET, BOT_TOKEN, "broker-pass-77"):
         assert secret not in output, secret
     assert not re.search(r"\bt-[0-9a-f]{8}-", output), "a tenant access token"
