@@ -2,6 +2,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import shutil
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
@@ -21,7 +22,7 @@ T = TypeVar("T")
 cli = typer.Typer(help="Task Manager for MQ", no_args_is_help=True, add_completion=False)
 tasks_cli = typer.Typer(help="Look at tasks.", no_args_is_help=True)
 cli.add_typer(tasks_cli, name="tasks")
-console = Console()
+console = Console(width=shutil.get_terminal_size((160, 24)).columns)  # piped output is not cut at 80 columns
 
 
 def _settings():
@@ -156,7 +157,7 @@ def tasks_show(
 
 
 def _row(record: TaskRecord) -> list[str]:
-    created = record.created_at.isoformat(timespec="seconds") if record.created_at else ""
+    created = record.created_at.strftime("%Y-%m-%d %H:%M:%S") if record.created_at else ""
     payload = json.dumps(record.payload, ensure_ascii=False)
     return [
         record.record_id,
