@@ -41,3 +41,14 @@ def test_settings_come_from_a_dotenv_file(tmp_path, monkeypatch):
 def test_the_app_secret_never_shows_in_a_repr(monkeypatch):
     monkeypatch.setenv("FEISHU_APP_SECRET", "s3cr3t-value")
     assert "s3cr3t-value" not in repr(load_settings(_env_file=None))
+
+
+def test_env_example_lists_every_setting_once():
+    import re
+    from pathlib import Path
+
+    from app.config import Settings
+
+    text = (Path(__file__).resolve().parents[1] / ".env.example").read_text()
+    listed = re.findall(r"^([A-Z_]+)=", text, re.M)
+    assert sorted(listed) == sorted(name.upper() for name in Settings.model_fields)
