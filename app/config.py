@@ -26,7 +26,7 @@ def _split_csv(value: object) -> object:
 class Settings(BaseSettings):
     """Every setting, read from the environment or `.env`; `.env.example` documents each one."""
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True)
 
     api_keys: Annotated[list[SecretStr], NoDecode] = []
     log_level: str = Field("INFO", pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR)$")

@@ -1,7 +1,7 @@
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -114,15 +114,18 @@ class StatsOut(BaseModel):
     scheduler_owner: bool
 
 
+RecordIdStr = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
 class BulkStatusUpdate(BaseModel):
     """Record ids per new status, as workers report them."""
 
     model_config = {"extra": "forbid"}
 
-    SUCCESS: list[str] = Field(default_factory=list)
-    FAILED: list[str] = Field(default_factory=list)
-    PENDING: list[str] = Field(default_factory=list)
-    CANCELLED: list[str] = Field(default_factory=list)
+    SUCCESS: list[RecordIdStr] = Field(default_factory=list)
+    FAILED: list[RecordIdStr] = Field(default_factory=list)
+    PENDING: list[RecordIdStr] = Field(default_factory=list)
+    CANCELLED: list[RecordIdStr] = Field(default_factory=list)
 
 
 class UpdateStatusResponse(BaseModel):
