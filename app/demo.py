@@ -6,16 +6,18 @@ this process only pushes tasks, asks for one replenish and watches GET /api/stat
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import httpx
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 import app
@@ -42,6 +44,8 @@ def run_demo(tasks: int, workers: int, console: Console) -> int:
     console.print(f"DATA_DIR {data_dir}", soft_wrap=True)
     console.print(f"service {url}, {workers} workers, {tasks:,} tasks", soft_wrap=True)
     env = _child_env(data_dir, tasks, url)
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # the children have their own session: only we can stop them
+        signal.signal(signum, signal.default_int_handler)
     children: list[Child] = []
     try:
         service = ["uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
@@ -54,14 +58,13 @@ def run_demo(tasks: int, workers: int, console: Console) -> int:
                 children.append(_start(worker, env, data_dir / f"worker-{n}.log"))
             counts, elapsed = _push_and_watch(client, tasks, children, console)
     except (DemoFailed, httpx.HTTPError) as exc:
-        console.print(f"[red]demo failed: {exc}[/red]", soft_wrap=True)
+        console.print(f"demo failed: {exc}", style="red", markup=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]")
         return 130
     finally:
-        _stop([proc for proc, _ in children[1:]])  # workers first: the service stays up for their last reports
-        _stop([proc for proc, _ in children[:1]])
+        _stop(children)
         console.print(f"kept {data_dir} (tasks.db, service.log, worker-*.log)", soft_wrap=True)
 
     finished = counts["SUCCESS"] + counts["FAILED"]
@@ -87,11 +90,7 @@ def _child_env(data_dir: Path, tasks: int, url: str) -> dict[str, str]:
         "REPLENISH_THRESHOLD": str(tasks),  # the depth of our own earlier cycles must not stop the next one
         "SCHEDULER_ENABLED": "false",
         "LOG_LEVEL": "WARNING",
-        # empty values win over a .env in the repository root, which must not send the demo to a real broker or bot
-        "CELERY_BROKER_URL": "",
-        "CELERY_QUEUE": "celery",
-        "FEISHU_ROBOT_WEBHOOK_URL": "",
-        "API_KEYS": "",
+        "PYTHONPATH": str(ROOT),
         "TASK_MANAGER_URL": url,
         "WORKER_FAIL_RATE": "0.1",
         "WORKER_SLEEP_SECONDS": "0.02",
@@ -102,10 +101,9 @@ def _push_and_watch(
     client: httpx.Client, tasks: int, children: list[Child], console: Console
 ) -> tuple[dict[str, int], float]:
     """Ingest, replenish, then poll the counts until every task finished or the deadline passed."""
-    columns = (TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, TextColumn("{task.fields[counts]}"), console=console) as progress:
+    with Progress(TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(), console=console) as progress:
         started = time.monotonic()
-        ingest = progress.add_task("ingest", total=tasks, counts="")
+        ingest = progress.add_task("ingest", total=tasks)
         for first in range(0, tasks, INGEST_CHUNK):
             payloads = [{"alpha": f"demo_{i}", "region": "USA"} for i in range(first, min(first + INGEST_CHUNK, tasks))]
             _answer(client.post("/api/tasks/ingest", json=payloads))
@@ -119,12 +117,15 @@ def _push_and_watch(
             published += report["published"]
         progress.console.print(f"replenish published {published:,} tasks")
 
-        finished = progress.add_task("finished", total=tasks, counts="")
+        finished = progress.add_task("finished", total=tasks)
+        rows = {status: progress.add_task(status, total=tasks) for status in STATUSES}
         deadline = started + max(120, tasks / 5)
         while True:
             counts = _answer(client.get("/api/stats"))["counts"]
             done = counts["SUCCESS"] + counts["FAILED"]
-            progress.update(finished, completed=done, counts="  ".join(f"{s} {counts[s]:,}" for s in STATUSES))
+            progress.update(finished, completed=done)
+            for status, row in rows.items():
+                progress.update(row, completed=counts[status])
             if done >= tasks:
                 return counts, time.monotonic() - started
             if time.monotonic() > deadline:
@@ -151,7 +152,12 @@ def _free_port() -> int:
 def _start(module_args: list[str], env: dict[str, str], log_path: Path) -> Child:
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", *module_args], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", *module_args],
+            env=env,
+            cwd=log_path.parent,  # DATA_DIR, not the repository root: a developer's .env must not reach the demo
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches us alone, so we stop the workers before the service
         )
     return proc, log_path
 
@@ -176,14 +182,19 @@ def _wait_healthy(client: httpx.Client, service: Child, timeout: float = 60) -> 
     raise DemoFailed(f"the service did not answer /healthz within {timeout:.0f} s; see {service[1]}")
 
 
-def _stop(procs: list[subprocess.Popen]) -> None:
-    """Terminate all at once (a worker's warm shutdown takes seconds), then kill what is still running."""
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+def _stop(children: list[Child]) -> None:
+    """The workers first, while the service can still take their last reports; kill whatever outlives its turn."""
+    procs = [proc for proc, _ in children]
+    try:
+        for turn in (procs[1:], procs[:1]):
+            for proc in turn:  # all at once: a worker's warm shutdown takes seconds
+                if proc.poll() is None:
+                    proc.terminate()
+            for proc in turn:
+                with suppress(subprocess.TimeoutExpired):
+                    proc.wait(15)
+    finally:  # also when a second Ctrl-C cuts the wait short
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
