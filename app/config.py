@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     feishu_retry_attempts: int = Field(6, ge=1, le=20)
     feishu_retry_base_seconds: float = Field(0.5, ge=0, le=60)
     feishu_write_linger_ms: int = Field(20, ge=0, le=1_000)
+    feishu_write_max_wait_ms: int = Field(500, ge=0, le=10_000)
 
     feishu_robot_webhook_url: str = ""
     feishu_robot_secret: SecretStr = SecretStr("")

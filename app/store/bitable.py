@@ -63,10 +63,18 @@ class _Schema:
 class BitableTaskStore:
     """The task pool in a Feishu Bitable, with a local identifier index for dedup."""
 
-    def __init__(self, table: FeishuTable, index: IdentifierIndex, *, linger_seconds: float = 0.02):
+    def __init__(
+        self,
+        table: FeishuTable,
+        index: IdentifierIndex,
+        *,
+        linger_seconds: float = 0.02,
+        max_wait_seconds: float = 0.5,
+    ):
         self.table = table
         self.index = index
         self._linger = linger_seconds
+        self._max_wait = max_wait_seconds
         self._schema = _Schema()
         self._write_lock = asyncio.Lock()  # the docs advise one write at a time per table
         self._queue: deque[_Job] = deque()
@@ -74,6 +82,7 @@ class BitableTaskStore:
         self._inflight: dict[str, asyncio.Future] = {}
         self._writer: asyncio.Task | None = None
         self._groups = 0
+        self._streaming = False  # rows arrived while a write was in flight
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "BitableTaskStore":
@@ -89,7 +98,12 @@ class BitableTaskStore:
             backoff_base=settings.feishu_retry_base_seconds,
         )
         index = IdentifierIndex(settings.data_dir / f"index-{settings.feishu_bitable_table_id}.db")
-        return cls(table, index, linger_seconds=settings.feishu_write_linger_ms / 1000)
+        return cls(
+            table,
+            index,
+            linger_seconds=settings.feishu_write_linger_ms / 1000,
+            max_wait_seconds=settings.feishu_write_max_wait_ms / 1000,
+        )
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -155,6 +169,7 @@ class BitableTaskStore:
                 row = self._row(task, created_at)
                 self._queue.append(_Job(task.identifier, row, future, self._groups, uncertain=entry is not None))
         if mine:
+            self._streaming = self._streaming or self._write_lock.locked()
             self._wake.set()
         # shielded: a client that hangs up must not cancel a write other requests share
         outcomes = await asyncio.gather(*(asyncio.shield(f) for f in waits.values()), return_exceptions=True)
@@ -197,8 +212,7 @@ class BitableTaskStore:
     async def _write_loop(self) -> None:
         while True:
             await self._wake.wait()
-            if self._linger and len(self._queue) < MAX_CREATE:
-                await asyncio.sleep(self._linger)  # a short window in which concurrent ingests join one call
+            await self._fill_batch()
             async with self._write_lock:
                 batch = [self._queue.popleft() for _ in range(min(MAX_CREATE, len(self._queue)))]
                 if not self._queue:
@@ -211,6 +225,21 @@ class BitableTaskStore:
                 finally:
                     for job in batch:
                         self._inflight.pop(job.identifier, None)
+
+    async def _fill_batch(self) -> None:
+        """Hold the batch open so concurrent ingests share one call: writes, not waits, are the scarce resource.
+
+        In a stream (rows came in while the last write was in flight) it fills to 1,000 rows or `max_wait`;
+        otherwise it closes at the first quiet gap of `linger`, so a lone request waits only that long.
+        """
+        streaming, self._streaming = self._streaming, False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._max_wait
+        while self._linger and len(self._queue) < MAX_CREATE and loop.time() < deadline:
+            before = len(self._queue)
+            await asyncio.sleep(self._linger)
+            if not streaming and len(self._queue) == before:
+                return
 
     async def _write_jobs(self, batch: list[_Job]) -> None:
         uncertain = [job for job in batch if job.uncertain]

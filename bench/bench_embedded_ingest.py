@@ -1,0 +1,279 @@
+"""(d) Embedded-store ingest throughput against a bare FastAPI endpoint that only parses the same bodies.
+
+What is measured: tasks per second through `POST /api/tasks/ingest`, end to end over loopback HTTP, for
+
+- **ours**: the service (`uvicorn app.main:app` in a subprocess, as the Docker image runs it) on the embedded
+  default: STORE=sqlite in a fresh DATA_DIR (so the SQLite store with `synchronous=FULL`, the filesystem broker
+  configured but unused), LOG_LEVEL=WARNING, SCHEDULER_ENABLED=false, no API keys;
+- **bare**: `bare` below, a FastAPI app served by uvicorn in another subprocess
+  (`python -m uvicorn bench.bench_embedded_ingest:bare --no-access-log`), whose one route takes the same body
+  type (`list[dict[str, Any]]`) and answers `{"received": n}`: the floor any FastAPI ingest endpoint pays
+  (HTTP, JSON parsing, validation of the body), with no hashing, dedup, storage or response items.
+
+The load generator is the same for both: CONCURRENCY asyncio workers in this process, each with its own
+`httpx.AsyncClient`, posting pre-encoded bodies of 100 distinct new payloads (~250 bytes each) until a fixed
+number of requests has been answered. Rounds are interleaved (bare, ours, bare, ours, …) so both sides see the
+same machine noise; in each round both get the same bodies, each body new to the service (every request
+creates 100 rows; the answers are checked). One warm-up batch per side precedes the rounds.
+
+Result "d": ratio = ours / bare in tasks per second (totals over all rounds), met when ≥ 0.6. The details also
+give the median of the per-round ratios, and how busy the load generator was (its CPU seconds per wall second),
+since on 2 cores a saturated client would flatten the bare side and flatter the ratio.
+
+python -m bench.bench_embedded_ingest [--smoke]
+"""
+
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+from fastapi import Body, FastAPI
+
+TASKS_PER_REQUEST = 100
+ROOT = Path(__file__).resolve().parents[1]
+
+# ---- the floor: a bare endpoint that only parses the same bodies ----------------------------------------
+
+bare = FastAPI(title="bare ingest floor")
+
+
+@bare.post("/api/tasks/ingest")
+async def bare_ingest(payloads: Annotated[list[dict[str, Any]], Body()]) -> dict[str, int]:
+    return {"received": len(payloads)}
+
+
+@bare.get("/healthz")
+async def bare_health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+# ---- processes -------------------------------------------------------------------------------------------
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@contextmanager
+def bare_process(workdir: Path) -> Iterator[str]:
+    """The bare app under uvicorn in its own process, lean as it gets: no access log."""
+    from tests.processes import free_port, wait_until
+
+    port = free_port()
+    log_path = workdir / f"bare-{port}.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "bench.bench_embedded_ingest:bare",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+            env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+            cwd=workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"bare app exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(healthy, 60, "the bare app to answer /healthz")
+        yield url
+    finally:
+        _stop(proc)
+
+
+# ---- load ------------------------------------------------------------------------------------------------
+
+
+def build_bodies(count: int, tag: str) -> list[bytes]:
+    """`count` request bodies of TASKS_PER_REQUEST payloads each, every payload distinct (and new to any store)."""
+    regions = ("USA", "CHN", "EUR", "ASI", "GLB")
+    bodies = []
+    for b in range(count):
+        payloads = [
+            {
+                "alpha": f"ts_mean(rank(close_{b}), {i % 20 + 1}) - ts_delta(volume, {i % 7 + 1}) * {b * 1000 + i}",
+                "region": regions[i % len(regions)],
+                "universe": "TOP3000",
+                "delay": 1,
+                "decay": i % 10,
+                "neutralization": "SUBINDUSTRY",
+                "truncation": 0.08,
+                "pasteurization": "ON",
+                "settings": {"language": "FASTEXPR", "visualization": False, "test_period": "P1Y"},
+                "batch": tag,
+                "seq": b * TASKS_PER_REQUEST + i,
+            }
+            for i in range(TASKS_PER_REQUEST)
+        ]
+        bodies.append(json.dumps(payloads, separators=(",", ":")).encode())
+    return bodies
+
+
+async def drive(clients: list[httpx.AsyncClient], bodies: list[bytes], expect: bytes, on_done) -> float:
+    """Post every body once, one worker per client; answer the wall seconds from first send to last answer."""
+    headers = {"content-type": "application/json"}
+    pending = iter(bodies)
+    problems: list[str] = []
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        for body in pending:
+            response = await client.post("/api/tasks/ingest", content=body, headers=headers)
+            if response.status_code != 200 or expect not in response.content[:64]:
+                problems.append(f"{response.status_code} {response.content[:200]!r}")
+            on_done()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(client) for client in clients))
+    seconds = time.perf_counter() - started
+    if problems:
+        raise RuntimeError(f"{len(problems)} unexpected answers, first: {problems[0]}")
+    return seconds
+
+
+# ---- the benchmark ---------------------------------------------------------------------------------------
+
+
+async def measure(
+    urls: dict[str, str], warmup: list[bytes], round_bodies: list[list[bytes]], concurrency: int, progress
+) -> tuple[dict[str, float], dict[str, float], list[float]]:
+    """Interleaved rounds; answers wall seconds and load-generator CPU seconds per side, and per-round ratios."""
+    expect = {"bare": b'"received":100', "ours": b'"created":100,'}
+    seconds = {"bare": 0.0, "ours": 0.0}
+    client_cpu = {"bare": 0.0, "ours": 0.0}
+    ratios: list[float] = []
+    clients = {
+        side: [httpx.AsyncClient(base_url=url, timeout=120) for _ in range(concurrency)] for side, url in urls.items()
+    }
+    try:
+        for side in urls:  # warm-up: connections, lazy imports, the SQLite file, caches
+            await drive(clients[side], warmup, expect[side], _noop)
+        for r, bodies in enumerate(round_bodies):
+            rates = {}
+            for side in ("bare", "ours"):
+                task = progress.add_task(f"round {r + 1}/{len(round_bodies)} {side}", total=len(bodies))
+                cpu = time.process_time()
+                took = await drive(clients[side], bodies, expect[side], lambda t=task: progress.advance(t))
+                client_cpu[side] += time.process_time() - cpu
+                seconds[side] += took
+                rates[side] = len(bodies) * TASKS_PER_REQUEST / took
+            ratios.append(rates["ours"] / rates["bare"])
+            progress.console.print(
+                f"round {r + 1}: bare {rates['bare']:,.0f} tasks/s, ours {rates['ours']:,.0f} tasks/s, "
+                f"ratio {ratios[-1]:.2f}"
+            )
+    finally:
+        for side_clients in clients.values():
+            for client in side_clients:
+                await client.aclose()
+    return seconds, client_cpu, ratios
+
+
+def main() -> None:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from bench.common import Result, peak_rss_mb, smoke_flag
+    from tests.processes import service_process
+
+    smoke = smoke_flag()
+    rounds, per_round, concurrency = (1, 6, 2) if smoke else (6, 200, 4)
+    console = Console(stderr=True)
+    run = uuid.uuid4().hex[:8]
+    warmup = build_bodies(2 * concurrency, f"{run}-warmup")
+    round_bodies = [build_bodies(per_round, f"{run}-r{r}") for r in range(rounds)]
+    request_bytes = statistics.mean(len(body) for body in round_bodies[0])
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-d-"))
+    env = {
+        "STORE": "sqlite",
+        "DATA_DIR": str(workdir / "data"),
+        "LOG_LEVEL": "WARNING",
+        "SCHEDULER_ENABLED": "false",
+        "API_KEYS": "",
+        "CELERY_BROKER_URL": "",
+    }
+    try:
+        with (
+            service_process(env, workdir) as ours_url,
+            bare_process(workdir) as bare_url,
+            Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+            ) as progress,
+        ):
+            urls = {"bare": bare_url, "ours": ours_url}
+            seconds, client_cpu, ratios = asyncio.run(measure(urls, warmup, round_bodies, concurrency, progress))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    tasks = rounds * per_round * TASKS_PER_REQUEST
+    bare_rate, ours_rate = tasks / seconds["bare"], tasks / seconds["ours"]
+    ratio = ours_rate / bare_rate
+    Result(
+        key="d",
+        what="embedded-store ingest vs a bare FastAPI endpoint parsing the same bodies (tasks/s)",
+        target="≥ 0.6",
+        ratio=round(ratio, 3),
+        met=ratio >= 0.6,
+        details={
+            "ours_tasks_per_s": round(ours_rate),
+            "bare_tasks_per_s": round(bare_rate),
+            "round_ratio_median": round(statistics.median(ratios), 3),
+            "round_ratio_range": f"{min(ratios):.2f}-{max(ratios):.2f}",
+            "request_kib": round(request_bytes / 1024, 1),
+            "tasks_per_request": TASKS_PER_REQUEST,
+            "requests": f"{rounds}x{per_round} per side",
+            "concurrency": concurrency,
+            "pool_rows_at_end": tasks + len(warmup) * TASKS_PER_REQUEST,
+            "client_cpu_per_wall_s": f"bare {client_cpu['bare'] / seconds['bare']:.2f}, "
+            f"ours {client_cpu['ours'] / seconds['ours']:.2f}",
+            "peak_rss_mb_bench": round(peak_rss_mb()),
+            "smoke": smoke,
+        },
+    ).emit()
+
+
+def _noop() -> None:
+    pass
+
+
+if __name__ == "__main__":
+    main()
