@@ -99,9 +99,11 @@ class CeleryPublisher:
     # ---- in the broker thread -------------------------------------------------------------------
 
     def _connect_and(self, work: Callable[[Any], T]) -> T:
+        timeout = self.settings.broker_timeout_seconds
         try:
-            with self.celery.connection_for_write() as conn:
-                conn.ensure_connection(max_retries=1, timeout=self.settings.broker_timeout_seconds)
+            # pooled: a new AMQP connection per look costs more than the look itself
+            with self.celery.pool.acquire(block=True, timeout=timeout) as conn:
+                conn.ensure_connection(max_retries=1, timeout=timeout)
                 return work(conn)
         except self._broker_errors as exc:
             raise BrokerUnavailable(f"the broker is unreachable: {type(exc).__name__}: {exc}") from None

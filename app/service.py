@@ -1,9 +1,9 @@
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from app.broker import Message, Publisher
 from app.config import Settings
@@ -48,6 +48,7 @@ from app.store.base import TaskStore
 from app.store.journal import ClaimJournal
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def utc_now() -> datetime:
@@ -203,7 +204,7 @@ class TaskService:
                 else:
                     outcome = "already_queued" if record.status is TaskStatus.PROCESSING else "already_done"
                     results[entry.identifier] = (record.record_id, outcome)
-            sent, unsent, _ = await self._dispatch(to_send, "high")
+            sent, unsent, _, _ = await self._dispatch(to_send, "high")
         for record in sent:
             results[record.identifier or ""] = (record.record_id, "published")
         for record in unsent:
@@ -215,11 +216,14 @@ class TaskService:
         return PriorityResponse(received=len(tasks), published=len(sent), items=items)
 
     async def _dispatch(
-        self, records: list[TaskRecord], priority_class: str
-    ) -> tuple[list[TaskRecord], list[TaskRecord], ServiceError | None]:
-        """Claim, publish, and put back what did not go out: a row is never PROCESSING without a message."""
+        self, records: list[TaskRecord], priority_class: str, alongside: Callable[[], Awaitable[T]] | None = None
+    ) -> tuple[list[TaskRecord], list[TaskRecord], ServiceError | None, T | None]:
+        """Claim, publish, and put back what did not go out: a row is never PROCESSING without a message.
+
+        `alongside` runs while the messages go out, after the claim and before any put-back.
+        """
         if not records:
-            return [], [], None
+            return [], [], None, None
         now = self.clock()
         self.journal.begin([(r.record_id, r.attempts) for r in records])
         claims = [
@@ -236,12 +240,8 @@ class TaskService:
         missing = set(await self.store.update(claims))
         self.journal.settle(missing)
         claimed = [r for r in records if r.record_id not in missing]
-        error: ServiceError | None = None
         priority = self.settings.priorities[0 if priority_class == "default" else 1]
-        try:
-            failed = set(await self.publisher.publish([Message(r.record_id, r.payload) for r in claimed], priority))
-        except (QueueMissing, BrokerUnavailable) as exc:
-            failed, error = {r.record_id for r in claimed}, exc
+        (failed, error), extra = await asyncio.gather(self._publish(claimed, priority), _maybe(alongside))
         sent = [r for r in claimed if r.record_id not in failed]
         unsent = [r for r in claimed if r.record_id in failed]
         MESSAGES_PUBLISHED.labels(priority_class, "sent").inc(len(sent))
@@ -252,7 +252,13 @@ class TaskService:
                 [StatusChange(r.record_id, TaskStatus.PENDING, attempts=r.attempts) for r in unsent]
             )
         self.journal.settle(r.record_id for r in claimed)
-        return sent, unsent, error
+        return sent, unsent, error, extra
+
+    async def _publish(self, records: list[TaskRecord], priority: int) -> tuple[set[str], ServiceError | None]:
+        try:
+            return set(await self.publisher.publish([Message(r.record_id, r.payload) for r in records], priority)), None
+        except (QueueMissing, BrokerUnavailable) as exc:
+            return {r.record_id for r in records}, exc
 
     def _identify(self, payload: dict[str, Any]) -> str | None:
         try:
@@ -282,23 +288,23 @@ class TaskService:
 
     async def recover_leases(self) -> tuple[int, int]:
         """PROCESSING past the lease goes back to PENDING, or to FAILED once it has used its attempts."""
+        async with self._claiming:
+            return await self._recover_leases()
+
+    async def _recover_leases(self) -> tuple[int, int]:
         hours = self.settings.lease_timeout_hours
         if not hours or not self.store.supports_leases:
             return 0, 0
         cutoff = self.clock() - timedelta(hours=hours)
-        async with self._claiming:
-            stale = [
-                r for r in await self.store.processing(cutoff) if r.claimed_at is not None and r.claimed_at < cutoff
-            ]
-            changes = [
-                StatusChange(
-                    r.record_id,
-                    TaskStatus.FAILED if r.attempts >= self.settings.max_attempts else TaskStatus.PENDING,
-                )
-                for r in stale
-            ]
-            if changes:
-                await self.store.update(changes)
+        stale = [r for r in await self.store.processing(cutoff) if r.claimed_at is not None and r.claimed_at < cutoff]
+        changes = [
+            StatusChange(
+                r.record_id, TaskStatus.FAILED if r.attempts >= self.settings.max_attempts else TaskStatus.PENDING
+            )
+            for r in stale
+        ]
+        if changes:
+            await self.store.update(changes)
         failed = sum(c.status is TaskStatus.FAILED for c in changes)
         if changes:
             log.warning("lease recovery: %d back to PENDING, %d FAILED", len(changes) - failed, failed)
@@ -315,24 +321,32 @@ class TaskService:
         try:
             if not dry_run:
                 await self.settle_claims()
-                report.lease_requeued, report.lease_failed = await self.recover_leases()
-            report.depth_before = await self.publisher.queue_depth()
-            if report.depth_before < settings.replenish_threshold:
-                async with self._claiming:
-                    candidates = await self.store.pending(settings.replenish_batch_size)
-                    if dry_run:
-                        report.outcome, report.claimed = "dry_run", len(candidates)
-                    elif not candidates:
-                        report.outcome = "nothing_pending"
-                    else:
-                        sent, unsent, error = await self._dispatch(candidates, "default")
-                        report.outcome = "published" if sent or not error else "failed"
-                        report.claimed, report.published, report.failed = len(candidates), len(sent), len(unsent)
-                        report.error = error.detail if error else None
+            async with self._claiming:
+                # the three reads touch different rows (PROCESSING, PENDING) and the broker: one round trip
+                depth, candidates, leases = await _all(
+                    self.publisher.queue_depth(),
+                    self.store.pending(settings.replenish_batch_size),
+                    _maybe(None if dry_run else self._recover_leases),
+                )
+                report.depth_before = depth
+                report.lease_requeued, report.lease_failed = leases or (0, 0)
+                if dry_run:
+                    report.outcome = "dry_run"
+                    report.claimed = len(candidates) if depth < settings.replenish_threshold else 0
+                elif depth >= settings.replenish_threshold:
+                    report.outcome = "skipped"
+                elif not candidates:
+                    report.outcome = "nothing_pending"
+                else:
+                    sent, unsent, error, left = await self._dispatch(candidates, "default", alongside=self._pending)
+                    report.outcome = "published" if sent or not error else "failed"
+                    report.claimed, report.published, report.failed = len(candidates), len(sent), len(unsent)
+                    report.error = error.detail if error else None
+                    report.pending_left = None if left is None else left + len(unsent)  # counted before the put-back
+            if depth < settings.replenish_threshold:
                 report.depth_after = await self.publisher.queue_depth()
-            elif dry_run:
-                report.outcome = "dry_run"
-            report.pending_left = (await self.store.page(TaskStatus.PENDING, 1, None)).total
+            if report.pending_left is None:
+                report.pending_left = await self._pending()
         except ServiceError as exc:
             report.outcome, report.error = "failed", exc.detail
         finally:
@@ -349,6 +363,9 @@ class TaskService:
             if notice is not None:
                 BOT_SENDS.labels("sent" if await self.notifier.send(notice) else "failed").inc()
         return report
+
+    async def _pending(self) -> int | None:
+        return (await self.store.page(TaskStatus.PENDING, 1, None)).total
 
     def last_report(self) -> ReplenishReport | None:
         try:
@@ -398,6 +415,19 @@ def replenish_notice(report: ReplenishReport, settings: Settings) -> Notice | No
     if report.pending_left is not None and report.pending_left < settings.replenish_batch_size:
         return Notice("warning", "Task pool running low", lines)
     return Notice("ok", "Queue replenished", lines)
+
+
+async def _maybe(work: Callable[[], Awaitable[T]] | None) -> T | None:
+    return await work() if work is not None else None
+
+
+async def _all(*steps: Awaitable[Any]) -> list[Any]:
+    """Like gather, but every step finishes before the first error is raised: none is left running."""
+    results = await asyncio.gather(*steps, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
 
 
 def _alive(pid: int) -> bool:

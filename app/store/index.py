@@ -40,7 +40,6 @@ class IdentifierIndex:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
         db.executescript(_SCHEMA)
         self._db = db
 
@@ -73,7 +72,8 @@ class IdentifierIndex:
         return found
 
     def mark_writing(self, identifiers: Iterable[str]) -> None:
-        self._write("INSERT OR REPLACE INTO identifiers VALUES (?, NULL, 0)", _keys(identifiers))
+        """Durable before the write is sent: this mark is what lets a crash be reconciled."""
+        self._write("INSERT OR REPLACE INTO identifiers VALUES (?, NULL, 0)", _keys(identifiers), durable=True)
 
     def mark_stored(self, pairs: Iterable[tuple[str, str]]) -> None:
         """Record identifier → record id; an identifier already pruned stays pruned."""
@@ -84,7 +84,7 @@ class IdentifierIndex:
         )
 
     def mark_pruned(self, identifiers: Iterable[str]) -> None:
-        self._write("INSERT OR REPLACE INTO identifiers VALUES (?, NULL, 2)", _keys(identifiers))
+        self._write("INSERT OR REPLACE INTO identifiers VALUES (?, NULL, 2)", _keys(identifiers), durable=True)
 
     def forget_writing(self, identifiers: Iterable[str]) -> None:
         """Drop reservations whose write is known not to have happened."""
@@ -96,10 +96,12 @@ class IdentifierIndex:
     def count(self) -> int:
         return self.db.execute("SELECT count(*) FROM identifiers").fetchone()[0]
 
-    def _write(self, sql: str, rows: list[tuple]) -> None:
+    def _write(self, sql: str, rows: list[tuple], durable: bool = False) -> None:
+        """Commit; fsync only when asked: a lost STORED mark reads as WRITING again and is reconciled."""
         if not rows:
             return
         db = self.db
+        db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(sql, rows)

@@ -33,7 +33,6 @@ class ClaimJournal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
         db.executescript(_SCHEMA)
         self._db = db
 
@@ -48,16 +47,21 @@ class ClaimJournal:
         return self._db
 
     def begin(self, claims: Iterable[tuple[str, int]]) -> None:
+        """Durable before the claim is written: it is what lets a crash be undone."""
+        self.db.execute("PRAGMA synchronous=FULL")
         with self.db:
             self.db.executemany(
                 "INSERT OR REPLACE INTO claims VALUES (?, ?, 0, ?)", [(r, a, os.getpid()) for r, a in claims]
             )
 
     def mark_published(self, record_ids: Iterable[str]) -> None:
+        """Not fsynced: if lost, the claim is put back and its task sent again, which at-least-once allows."""
+        self.db.execute("PRAGMA synchronous=NORMAL")
         with self.db:
             self.db.executemany("UPDATE claims SET published = 1 WHERE record_id = ?", [(r,) for r in record_ids])
 
     def settle(self, record_ids: Iterable[str]) -> None:
+        self.db.execute("PRAGMA synchronous=NORMAL")
         with self.db:
             self.db.executemany("DELETE FROM claims WHERE record_id = ?", [(r,) for r in record_ids])
 
