@@ -1,0 +1,29 @@
+"""Every benchmark script still runs: a tiny smoke run of each (the real runs are `make bench`, not tests)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bench.run import BENCHES
+from tests.processes import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("key", sorted(BENCHES))
+def test_benchmark_smoke_run(key, rabbit_url):
+    proc = subprocess.run(
+        [sys.executable, "-m", BENCHES[key], "--smoke"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    result = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    assert result["key"] == key
+    assert result["ratio"] > 0 and isinstance(result["met"], bool)
