@@ -1,3 +1,4 @@
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             except ServiceError as exc:  # the next cycle tries again
                 log.warning("could not settle earlier claims at start: %s", exc.detail)
             scheduler.start()
+            gc.freeze()  # the SDK's ~350k long-lived objects would make every full collection stall the loop
             log.info(
                 "started: store=%s broker=%s queue=%s data_dir=%s",
                 current.store_kind,

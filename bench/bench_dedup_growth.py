@@ -11,7 +11,7 @@ marked stored), for two stores side by side in this one run:
   in this process's memory. The fill uses `synchronous=OFF` and a bigger page cache on its own connection
   only (scaffolding: the file is the same); the store then opens the file with its own settings.
 
-One untimed warm-up batch each, then rounds alternating which store goes first (A B, B A, ...) so drift on
+One untimed warm-up batch each, then 15 rounds alternating which store goes first (A B, B A, ...) so drift on
 this noisy machine hits both; ratio = median at 1M / median at 0. The payloads are hashed into tasks
 before the clock starts: hashing costs the same at any index size.
 
@@ -21,8 +21,10 @@ target's 100 ms per call the write would dominate both medians and flatter the r
 HTTP call through the lark SDK, so the medians include the SDK's request and answer handling.
 
 Also: batches of 1,000 payloads all already in the 1M index (random ones of the fill: pure dedup, no
-Feishu call, checked), median in ms. Peak RSS is this process's ru_maxrss (the service side, SDK imports
-included: `rss_after_imports_mb`), taken after the 1M store has served its batches.
+Feishu call, checked), median in ms; and the slowest batch of each arm (the service's full garbage
+collections, a few hundred ms each, land in some batches of either arm; the medians leave them out).
+Peak RSS is this process's ru_maxrss (the service side, SDK imports included: `rss_after_imports_mb`),
+taken after the 1M store has served its batches.
 
 `--smoke`: 20,000 identifiers, 3 rounds, same code path.
 """
@@ -39,6 +41,8 @@ from typing import Any
 
 from app.identity import canonical_json, task_identifier
 from app.models import NewTask
+from app.store.bitable import BitableTaskStore
+from app.store.index import IdentifierIndex
 from bench.bench_reindex import EmulatorProcess, console, emulator_process, progress
 from bench.common import Result, Stopwatch, bitable_settings, peak_rss_mb, smoke_flag
 from tests.feishu.fixtures import TABLE_ID
@@ -62,8 +66,6 @@ def new_task(payload: dict[str, Any]) -> NewTask:
 
 def _fill_index(conn: Connection, path: str, count: int) -> None:
     """Child process: put `count` identifiers into the index at `path`, mark it complete, report progress."""
-    from app.store.index import IdentifierIndex
-
     index = IdentifierIndex(Path(path))
     index.open()
     index.db.execute("PRAGMA synchronous=OFF")  # this connection only: the filling is scaffolding
@@ -102,9 +104,9 @@ def fill_index(path: Path, count: int, bar: Any) -> float:
     return time.perf_counter() - started
 
 
-async def measure(emu: EmulatorProcess, root: Path, fill: int, rounds: int, duplicates: int, bar: Any) -> dict:
-    from app.store.bitable import BitableTaskStore  # here: the child processes re-import this module, SDK-free
-
+async def measure(
+    emu: EmulatorProcess, root: Path, fill: int, rounds: int, duplicates: int, label: str, bar: Any
+) -> dict:
     empty = BitableTaskStore.from_settings(bitable_settings(emu, root / "empty"))
     full = BitableTaskStore.from_settings(bitable_settings(emu, root / "full"))
     rss_after_imports = peak_rss_mb()
@@ -115,7 +117,7 @@ async def measure(emu: EmulatorProcess, root: Path, fill: int, rounds: int, dupl
     times: dict[str, list[float]] = {"empty": [], "full": []}
     stores = {"empty": empty, "full": full}
     next_n = 0
-    task = bar.add_task("1,000-task batches (at 0 and at 1M, alternating)", total=2 * (rounds + 1))
+    task = bar.add_task(f"1,000-task batches (at 0 and at {label}, alternating)", total=2 * (rounds + 1))
     try:
         for r in range(rounds + 1):  # round 0 is the warm-up
             for name in ("empty", "full") if r % 2 == 0 else ("full", "empty"):
@@ -131,7 +133,7 @@ async def measure(emu: EmulatorProcess, root: Path, fill: int, rounds: int, dupl
         rng = random.Random(7)
         before = emu.counts()["calls"]["batch_create"]
         dup_times = []
-        dup_task = bar.add_task("all-duplicate batches at 1M", total=duplicates)
+        dup_task = bar.add_task(f"all-duplicate batches at {label}", total=duplicates)
         for _ in range(duplicates):
             tasks = [new_task(fill_payload(n)) for n in rng.sample(range(fill), BATCH)]
             with Stopwatch() as watch:
@@ -158,7 +160,7 @@ async def measure(emu: EmulatorProcess, root: Path, fill: int, rounds: int, dupl
 def main() -> None:
     smoke = smoke_flag()
     fill = 20_000 if smoke else 1_000_000
-    rounds = 3 if smoke else 9
+    rounds = 3 if smoke else 15
     duplicates = 2 if smoke else 5
     label = f"{fill // 1000:,}k" if fill < 1_000_000 else f"{fill // 1_000_000}M"
     with tempfile.TemporaryDirectory(prefix="bench-dedup-") as tmp, progress() as bar:
@@ -166,7 +168,7 @@ def main() -> None:
         index_path = root / "full" / f"index-{TABLE_ID}.db"
         fill_seconds = fill_index(index_path, fill, bar)
         with emulator_process(latency=0.0, rate_limits=False) as emu:
-            measured = asyncio.run(measure(emu, root, fill, rounds, duplicates, bar))
+            measured = asyncio.run(measure(emu, root, fill, rounds, duplicates, label, bar))
         index_mb = sum(p.stat().st_size for p in index_path.parent.glob(f"{index_path.name}*")) / 2**20
     peak = peak_rss_mb()
     at_0 = statistics.median(measured["empty"]) * 1000
@@ -188,6 +190,8 @@ def main() -> None:
             "batches_each": rounds,
             "median_at_0_ms": round(at_0, 1),
             f"median_at_{label}_ms": round(at_full, 1),
+            "max_at_0_ms": round(max(measured["empty"]) * 1000, 1),
+            f"max_at_{label}_ms": round(max(measured["full"]) * 1000, 1),
             "duplicate_batch_ms": round(duplicate_ms, 1),
             "peak_rss_mb": round(peak, 1),
             "rss_after_imports_mb": round(measured["rss_after_imports_mb"], 1),
