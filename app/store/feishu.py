@@ -224,7 +224,7 @@ class FeishuTable:
         except _Retry as exc:
             raise StoreUnavailable(
                 f"Feishu {endpoint} failed {self._attempts} times; last: {exc.reason}",
-                retry_after=max(1, math.ceil(exc.wait or self._backoff_max)),
+                retry_after=max(1, math.ceil(exc.wait or self._next_backoff())),
             ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -266,9 +266,13 @@ class FeishuTable:
         FEISHU_CALLS.labels(endpoint, code).inc()
         FEISHU_LATENCY.labels(endpoint).observe(time.perf_counter() - started)
 
+    def _next_backoff(self, attempt: int | None = None) -> float:
+        """The pause before try `attempt + 1` (after the last try: what a client should wait before resending)."""
+        return min(self._backoff_max, self._backoff_base * 2 ** ((attempt or self._attempts) - 1))
+
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        backoff = min(self._backoff_max, self._backoff_base * 2 ** (state.attempt_number - 1))
+        backoff = self._next_backoff(state.attempt_number)
         if isinstance(exc, _Retry) and exc.wait is not None:
             return min(self._backoff_max, exc.wait)
         return backoff
