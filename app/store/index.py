@@ -1,10 +1,9 @@
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 
-from app.store.records import chunked
+from app.store.records import SqliteFile, chunked
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS identifiers (
@@ -29,29 +28,11 @@ class Entry:
     state: State
 
 
-class IdentifierIndex:
+class IdentifierIndex(SqliteFile):
     """Every identifier ever written to one table, so dedup costs no Feishu call per task."""
 
     def __init__(self, path: Path):
-        self.path = path
-        self._db: sqlite3.Connection | None = None
-
-    def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(_SCHEMA)
-        self._db = db
-
-    def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        assert self._db is not None, "index not open"
-        return self._db
+        super().__init__(path, _SCHEMA)
 
     @property
     def complete(self) -> bool:

@@ -1,8 +1,9 @@
 import os
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from app.store.records import SqliteFile
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS claims (
@@ -22,29 +23,11 @@ class Claim:
     owner: int
 
 
-class ClaimJournal:
+class ClaimJournal(SqliteFile):
     """Claims in flight, written before the claim: what a crash or outage leaves is settled on the next cycle."""
 
     def __init__(self, path: Path):
-        self.path = path
-        self._db: sqlite3.Connection | None = None
-
-    def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(_SCHEMA)
-        self._db = db
-
-    def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        assert self._db is not None, "journal not open"
-        return self._db
+        super().__init__(path, _SCHEMA)
 
     def begin(self, claims: Iterable[tuple[str, int]]) -> None:
         """Durable before the claim is written: it is what lets a crash be undone."""

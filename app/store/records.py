@@ -1,8 +1,10 @@
 """Small helpers both adapters share: record ids, timestamps, page tokens."""
 
 import secrets
+import sqlite3
 import string
 from datetime import UTC, datetime
+from pathlib import Path
 
 _ALPHABET = string.ascii_letters + string.digits
 
@@ -29,3 +31,30 @@ def now_ms() -> int:
 def chunked(items: list, size: int):
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+class SqliteFile:
+    """One SQLite file under DATA_DIR in WAL mode, shared by the store, the index and the claim journal."""
+
+    def __init__(self, path: Path, schema: str):
+        self.path = path
+        self._schema = schema
+        self._db: sqlite3.Connection | None = None
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(self._schema)
+        self._db = db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError(f"{self.path.name} is not open")
+        return self._db

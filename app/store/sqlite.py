@@ -4,9 +4,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from app.errors import InvalidInput, StoreUnavailable
+from app.errors import InvalidInput
 from app.models import NewTask, StatusChange, Stored, TaskPage, TaskRecord, TaskStatus
-from app.store.records import chunked, from_ms, new_record_id, now_ms, to_ms
+from app.store.records import SqliteFile, chunked, from_ms, new_record_id, now_ms, to_ms
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -31,30 +31,21 @@ class SqliteTaskStore:
     """The embedded default: one SQLite file under DATA_DIR, no account, no server."""
 
     def __init__(self, path: Path):
-        self._path = path
-        self._db: sqlite3.Connection | None = None
+        self._file = SqliteFile(path, _SCHEMA)
 
     async def open(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=30)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")  # an answered ingest survives a power cut
-        db.executescript(_SCHEMA)
-        self._db = db
+        self._file.open()
+        self.db.execute("PRAGMA synchronous=FULL")  # an answered ingest survives a power cut
 
     async def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        self._file.close()
 
     async def check(self) -> None:
         self.db.execute("SELECT 1").fetchone()
 
     @property
     def db(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise StoreUnavailable("the SQLite store is not open")
-        return self._db
+        return self._file.db
 
     def _transaction(self):
         return _Immediate(self.db)
