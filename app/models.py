@@ -69,7 +69,7 @@ class TaskPage:
 class ItemOutcome(BaseModel):
     identifier: str
     record_id: str | None
-    outcome: Literal["created", "duplicate", "published", "already_queued", "already_done", "deferred"]
+    outcome: Literal["created", "duplicate", "not_stored", "published", "already_queued", "already_done", "deferred"]
 
 
 class IngestResponse(BaseModel):

@@ -105,14 +105,9 @@ class TaskService:
                 f"{exc.detail}; {len(landed)} of {len(unique)} distinct tasks were stored, "
                 "and sending the same request again is safe",
                 retry_after=exc.retry_after,
-                extra={"items": [_not_stored_or(landed, task.identifier) for task in tasks]},
+                extra={"items": [item.model_dump() for item in _items(tasks, landed)]},
             ) from exc
-        items, first_seen = [], set()
-        for task in tasks:
-            entry = stored[task.identifier]
-            created = entry.created and task.identifier not in first_seen
-            first_seen.add(task.identifier)
-            items.append(_outcome(entry, "created" if created else "duplicate"))
+        items = _items(tasks, stored)
         created_count = sum(item.outcome == "created" for item in items)
         TASKS_INGESTED.labels("created").inc(created_count)
         TASKS_INGESTED.labels("duplicate").inc(len(tasks) - created_count)
@@ -457,12 +452,15 @@ def _outcome(entry: Stored, outcome: str) -> ItemOutcome:
     return ItemOutcome(identifier=entry.identifier, record_id=entry.record_id, outcome=outcome)
 
 
-def _not_stored_or(landed: dict[str, Stored], identifier: str) -> dict[str, Any]:
-    if identifier in landed:
-        entry = landed[identifier]
-        return {
-            "identifier": identifier,
-            "record_id": entry.record_id,
-            "outcome": "created" if entry.created else "duplicate",
-        }
-    return {"identifier": identifier, "record_id": None, "outcome": "not_stored"}
+def _items(tasks: Sequence[NewTask], stored: dict[str, Stored]) -> list[ItemOutcome]:
+    """One outcome per payload, in order: only the first copy of a new task in a request is `created`."""
+    items, seen = [], set()
+    for task in tasks:
+        entry = stored.get(task.identifier)
+        if entry is None:
+            items.append(ItemOutcome(identifier=task.identifier, record_id=None, outcome="not_stored"))
+        else:
+            created = entry.created and task.identifier not in seen
+            items.append(_outcome(entry, "created" if created else "duplicate"))
+        seen.add(task.identifier)
+    return items
