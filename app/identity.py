@@ -18,7 +18,10 @@ def canonical_json(payload: Mapping[str, Any]) -> str:
     return text
 
 
-def task_identifier(payload: Mapping[str, Any], dedup_keys: Sequence[str] = ()) -> str:
+def task_identifier(payload: Mapping[str, Any], dedup_keys: Sequence[str] = (), canonical: str | None = None) -> str:
+    """sha256 of the canonical JSON; pass `canonical` when it is already built for the whole payload."""
+    if canonical is not None and not dedup_keys:
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
     if dedup_keys:
         subset = {key: payload[key] for key in dedup_keys if key in payload}
         if not subset:

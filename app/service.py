@@ -81,7 +81,7 @@ class TaskService:
     def new_task(self, payload: dict[str, Any], priority: int | None = None, *, index: int = 0) -> NewTask:
         canonical = _checked_canonical(payload, index)
         try:
-            identifier = task_identifier(payload, self.settings.dedup_keys)
+            identifier = task_identifier(payload, self.settings.dedup_keys, canonical)
         except InvalidInput as exc:
             raise InvalidInput(f"item {index}: {exc.detail}") from None
         return NewTask(identifier=identifier, payload=payload, canonical=canonical, priority=priority)

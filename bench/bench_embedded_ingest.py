@@ -3,22 +3,24 @@
 What is measured: tasks per second through `POST /api/tasks/ingest`, end to end over loopback HTTP, for
 
 - **ours**: the service (`uvicorn app.main:app` in a subprocess, as the Docker image runs it) on the embedded
-  default: STORE=sqlite in a fresh DATA_DIR (so the SQLite store with `synchronous=FULL`, the filesystem broker
+  default: STORE=sqlite in a fresh DATA_DIR (the SQLite store with `synchronous=FULL`; the filesystem broker is
   configured but unused), LOG_LEVEL=WARNING, SCHEDULER_ENABLED=false, no API keys;
 - **bare**: `bare` below, a FastAPI app served by uvicorn in another subprocess
-  (`python -m uvicorn bench.bench_embedded_ingest:bare --no-access-log`), whose one route takes the same body
-  type (`list[dict[str, Any]]`) and answers `{"received": n}`: the floor any FastAPI ingest endpoint pays
-  (HTTP, JSON parsing, validation of the body), with no hashing, dedup, storage or response items.
+  (`python -m uvicorn bench.bench_embedded_ingest:bare --log-level warning --no-access-log`), whose one route
+  takes the same body type (`list[dict[str, Any]]`) and answers `{"received": n}`: what any FastAPI ingest
+  endpoint pays (HTTP, JSON parsing, validation of the body), with no hashing, dedup, storage or response items.
 
-The load generator is the same for both: CONCURRENCY asyncio workers in this process, each with its own
-`httpx.AsyncClient`, posting pre-encoded bodies of 100 distinct new payloads (~250 bytes each) until a fixed
-number of requests has been answered. Rounds are interleaved (bare, ours, bare, ours, …) so both sides see the
-same machine noise; in each round both get the same bodies, each body new to the service (every request
-creates 100 rows; the answers are checked). One warm-up batch per side precedes the rounds.
+The load generator is the same for both: 4 asyncio workers in this process (2 in --smoke), each with its own
+`httpx.AsyncClient` (opened before the clock starts, connections kept alive), posting pre-encoded bodies of 100
+distinct new payloads (~300 bytes each, ~30 KiB a request) until a fixed number of requests has been answered:
+6 rounds of 200 requests per side (1 round of 6 in --smoke). Rounds are interleaved (bare, ours, bare, ours, …)
+so both sides see the same machine noise; in a round both get the same bodies, every body new to the service
+(every request creates 100 rows; the answers are checked). One warm-up batch per side precedes the rounds.
+The pool grows by 20,000 rows a round (120,800 at the end), so ours is measured over that range of sizes.
 
 Result "d": ratio = ours / bare in tasks per second (totals over all rounds), met when ≥ 0.6. The details also
-give the median of the per-round ratios, and how busy the load generator was (its CPU seconds per wall second),
-since on 2 cores a saturated client would flatten the bare side and flatter the ratio.
+give the per-round ratios' median and range, and how busy the load generator was (its CPU seconds per wall
+second): on 2 cores a saturated client would cap the bare side and flatter the ratio.
 
 python -m bench.bench_embedded_ingest [--smoke]
 """

@@ -82,7 +82,8 @@ class BitableTaskStore:
         self._inflight: dict[str, asyncio.Future] = {}
         self._writer: asyncio.Task | None = None
         self._groups = 0
-        self._streaming = False  # rows arrived while a write was in flight
+        self._streaming = False  # rows arrived while a batch_create was in flight
+        self._creating = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "BitableTaskStore":
@@ -169,7 +170,7 @@ class BitableTaskStore:
                 row = self._row(task, created_at)
                 self._queue.append(_Job(task.identifier, row, future, self._groups, uncertain=entry is not None))
         if mine:
-            self._streaming = self._streaming or self._write_lock.locked()
+            self._streaming = self._streaming or self._creating  # not a claim's update: that is no stream
             self._wake.set()
         # shielded: a client that hangs up must not cancel a write other requests share
         outcomes = await asyncio.gather(*(asyncio.shield(f) for f in waits.values()), return_exceptions=True)
@@ -217,12 +218,14 @@ class BitableTaskStore:
                 batch = [self._queue.popleft() for _ in range(min(MAX_CREATE, len(self._queue)))]
                 if not self._queue:
                     self._wake.clear()
+                self._creating = True
                 try:
                     await self._write_jobs(batch)
                 except Exception as exc:  # the writer must outlive any one batch
                     log.exception("bitable writer: batch of %d failed", len(batch))
                     _settle(batch, exc=exc)
                 finally:
+                    self._creating = False
                     for job in batch:
                         self._inflight.pop(job.identifier, None)
 
