@@ -160,6 +160,8 @@ class CeleryPublisher:
                             priority=priority,
                             producer=producer,
                             declare=[],
+                            timeout=self.settings.broker_timeout_seconds,
+                            confirm_timeout=self.settings.broker_timeout_seconds,  # a silent broker must not hold us
                         )
                     except Exception as exc:
                         log.error("publish of %s failed: %s: %s", message.record_id, type(exc).__name__, exc)

@@ -243,9 +243,14 @@ class TaskService:
         MESSAGES_PUBLISHED.labels(priority_class, "failed").inc(len(unsent))
         self.journal.mark_published(r.record_id for r in sent)
         if unsent:
-            await self.store.update(
-                [StatusChange(r.record_id, TaskStatus.PENDING, attempts=r.attempts) for r in unsent]
-            )
+            try:
+                await self.store.update(
+                    [StatusChange(r.record_id, TaskStatus.PENDING, attempts=r.attempts) for r in unsent]
+                )
+            except ServiceError as exc:  # the journal keeps the unsent ones: the next cycle puts them back
+                self.journal.settle(r.record_id for r in sent)
+                both = f"{error.detail}; putting the unsent back failed too: {exc.detail}" if error else exc.detail
+                return sent, unsent, ServiceError(both), extra
         self.journal.settle(r.record_id for r in claimed)
         return sent, unsent, error, extra
 
@@ -334,7 +339,7 @@ class TaskService:
                     report.outcome = "nothing_pending"
                 else:
                     sent, unsent, error, left = await self._dispatch(candidates, "default", alongside=self._pending)
-                    report.outcome = "published" if sent or not error else "failed"
+                    report.outcome = "failed" if error else "published"
                     report.claimed, report.published, report.failed = len(candidates), len(sent), len(unsent)
                     report.error = error.detail if error else None
                     report.pending_left = None if left is None else left + len(unsent)  # counted before the put-back
@@ -343,7 +348,8 @@ class TaskService:
             if report.pending_left is None:
                 report.pending_left = await self._pending()
         except ServiceError as exc:
-            report.outcome, report.error = "failed", exc.detail
+            report.outcome = "failed"
+            report.error = f"{report.error}; {exc.detail}" if report.error else exc.detail
         finally:
             self._cycle.release()
         report.finished_at = self.clock()
