@@ -49,8 +49,17 @@ def _stop(proc: subprocess.Popen) -> None:
 @contextmanager
 def service_process(env: dict[str, str], workdir: Path, port: int | None = None) -> Iterator[str]:
     """`uvicorn app.main:app`, the command the Docker image runs; yields its base URL once /healthz answers."""
+    with running_service(env, workdir, port) as (url, _):
+        yield url
+
+
+@contextmanager
+def running_service(
+    env: dict[str, str], workdir: Path, port: int | None = None, name: str | None = None
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Like service_process, but hands out the process too, for a test that kills it."""
     port = port or free_port()
-    log_path = workdir / f"service-{port}.log"
+    log_path = workdir / f"service-{name or port}.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
@@ -70,8 +79,8 @@ def service_process(env: dict[str, str], workdir: Path, port: int | None = None)
             return False
 
     try:
-        wait_until(healthy, 60, "the service to answer /healthz")
-        yield url
+        wait_until(healthy, 60, f"the {name or 'service'} to answer /healthz")
+        yield url, proc
     finally:
         _stop(proc)
 

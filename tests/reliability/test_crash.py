@@ -11,11 +11,9 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,7 @@ import pytest
 from app.store.index import State
 from tests.feishu.emulator import FeishuEmulator
 from tests.feishu.fixtures import APP_ID, APP_SECRET, APP_TOKEN, TABLE_ID, clear_token_cache
-from tests.processes import ROOT, free_port, wait_until
+from tests.processes import running_service, wait_until
 from tests.reliability.conftest import size
 from tests.reliability.test_ingest_faults import identifier, make_payload
 
@@ -33,40 +31,9 @@ REQUEST_SIZE = 1_000
 OVERLAP = 100  # each request repeats this many payloads of the one before it
 
 
-@contextmanager
-def service(env: dict[str, str], workdir: Path, name: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`uvicorn app.main:app` as tests/processes.py runs it, but handing out the process so a test can kill it."""
-    port = free_port()
-    log_path = workdir / f"service-{name}.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
-            env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **env},
-            cwd=workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"service exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(healthy, 60, f"the {name} service to answer /healthz")
-        yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+def service(env: dict[str, str], workdir: Path, name: str):
+    """The service as tests/processes.py runs it, handing out the process so a test can kill it."""
+    return running_service(env, workdir, name=name)
 
 
 def kill9(proc: subprocess.Popen) -> None:
