@@ -6,12 +6,14 @@ from typing import Any
 from app.errors import InvalidInput
 
 MAX_PAYLOAD_CHARS = 100_000  # a Bitable text cell holds at most 100,000 characters
+# built once: json.dumps would build an encoder per payload, a third of the cost on small payloads
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def canonical_json(payload: Mapping[str, Any]) -> str:
     """The payload's one textual form: the hashed bytes and the stored copy."""
     try:
-        text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _CANONICAL.encode(payload)
         text.encode("utf-8")
     except (ValueError, TypeError) as exc:  # NaN/Infinity, lone surrogates
         raise InvalidInput(f"payload is not representable as JSON: {exc}") from None

@@ -5,7 +5,7 @@ from fastapi import Depends, Request
 from app.service import TaskService
 
 
-def get_service(request: Request) -> TaskService:
+async def get_service(request: Request) -> TaskService:  # async: a sync one costs a thread hop a request
     return request.app.state.service
 
 
