@@ -31,6 +31,8 @@ CREATE TABLE IF NOT EXISTS pruned (identifier TEXT PRIMARY KEY);
 _COLUMNS = "record_id, identifier, status, payload, priority, created_at, claimed_at, attempts"
 _CHUNK = 500  # well under SQLite's bound-parameter limit
 _CACHE_KIB = 32 * 1024  # the identifier index's pages stay in memory well past 100k tasks
+# a checkpoint copies each page once however often the WAL holds it: rarer ones copy the index's hot pages less
+_CHECKPOINT_PAGES = 10_000
 _DIGITS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # in byte order: ids sort by time
 T = TypeVar("T")
 
@@ -57,6 +59,7 @@ class SqliteTaskStore:
         self._file.open()
         self.db.execute("PRAGMA synchronous=FULL")  # an answered ingest survives a power cut
         self.db.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
+        self.db.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
 
     async def close(self) -> None:
         if self._thread is not None:
