@@ -4,7 +4,8 @@ import logging
 import math
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -77,6 +78,7 @@ class BitableTaskStore:
         self._max_wait = max_wait_seconds
         self._schema = _Schema()
         self._write_lock = asyncio.Lock()  # the docs advise one write at a time per table
+        self._batch_taken = asyncio.Event()  # set (and replaced) each time the writer takes queued rows
         self._queue: deque[_Job] = deque()
         self._wake = asyncio.Event()
         self._inflight: dict[str, asyncio.Future] = {}
@@ -144,6 +146,7 @@ class BitableTaskStore:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
             self._writer = None
+            self._batch_taken.set()  # no writer to wait for any more
         self.index.close()
 
     # ---- adding, through the single writer ------------------------------------------------------
@@ -218,6 +221,8 @@ class BitableTaskStore:
                 batch = [self._queue.popleft() for _ in range(min(MAX_CREATE, len(self._queue)))]
                 if not self._queue:
                     self._wake.clear()
+                self._batch_taken.set()
+                self._batch_taken = asyncio.Event()
                 self._creating = True
                 try:
                     await self._write_jobs(batch)
@@ -324,7 +329,7 @@ class BitableTaskStore:
         not_found: list[str] = []
         for chunk in chunked(list(changes), MAX_CREATE):
             rows = [(c.record_id, self._change_fields(c)) for c in chunk]
-            async with self._write_lock:
+            async with self._update_turn():
                 try:
                     await self.table.batch_update(rows)
                 except RecordMissing:  # the whole batch was refused: find the strangers, update the rest
@@ -341,6 +346,15 @@ class BitableTaskStore:
                 [(c.identifier, c.record_id) for c in chunk if c.identifier and c.record_id not in not_found]
             )
         return not_found
+
+    @asynccontextmanager
+    async def _update_turn(self) -> AsyncIterator[None]:
+        """The write lock, after the rows already queued for the writer: a scraper waits on its ingest's answer,
+        while a claim or a status report is background work. Bounded: it lets one batch go first, not a stream."""
+        if self._queue and self._writer is not None and not self._writer.done():
+            await self._batch_taken.wait()
+        async with self._write_lock:
+            yield
 
     def _change_fields(self, change: StatusChange) -> dict[str, Any]:
         fields = {STATUS: change.status.value, **self._claim_fields(change.claimed_at, change.attempts)}

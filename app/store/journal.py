@@ -31,22 +31,29 @@ class ClaimJournal(SqliteFile):
 
     def begin(self, claims: Iterable[tuple[str, int]]) -> None:
         """Durable before the claim is written: it is what lets a crash be undone."""
-        self.db.execute("PRAGMA synchronous=FULL")
-        with self.db:
-            self.db.executemany(
-                "INSERT OR REPLACE INTO claims VALUES (?, ?, 0, ?)", [(r, a, os.getpid()) for r, a in claims]
-            )
+        pid = os.getpid()
+        self._write("INSERT OR REPLACE INTO claims VALUES (?, ?, 0, ?)", [(r, a, pid) for r, a in claims], durable=True)
 
     def mark_published(self, record_ids: Iterable[str]) -> None:
         """Not fsynced: if lost, the claim is put back and its task sent again, which at-least-once allows."""
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        with self.db:
-            self.db.executemany("UPDATE claims SET published = 1 WHERE record_id = ?", [(r,) for r in record_ids])
+        self._write("UPDATE claims SET published = 1 WHERE record_id = ?", [(r,) for r in record_ids])
 
     def settle(self, record_ids: Iterable[str]) -> None:
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        with self.db:
-            self.db.executemany("DELETE FROM claims WHERE record_id = ?", [(r,) for r in record_ids])
+        self._write("DELETE FROM claims WHERE record_id = ?", [(r,) for r in record_ids])
+
+    def _write(self, sql: str, rows: list[tuple], durable: bool = False) -> None:
+        """One transaction: the connection autocommits, so a bare executemany would commit (and fsync) per row."""
+        if not rows:
+            return
+        db = self.db
+        db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(sql, rows)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     def unsettled(self) -> list[Claim]:
         rows = self.db.execute("SELECT record_id, attempts, published, owner FROM claims")

@@ -68,6 +68,18 @@ async def test_writes_never_overlap_on_the_table(feishu, tmp_path):
     await store.close()
 
 
+async def test_rows_queued_for_the_writer_go_before_a_status_update(feishu, tmp_path):
+    store = await open_store(feishu, tmp_path, feishu_write_linger_ms=50)
+    claimed = await store.add([new_task(n) for n in range(3)])
+    feishu.reset_calls()
+    ingest = asyncio.create_task(store.add([new_task(n) for n in range(3, 6)]))
+    await asyncio.sleep(0)  # its rows are queued; the writer lingers for more before it takes them
+    await store.update([StatusChange(s.record_id, TaskStatus.PROCESSING, attempts=1) for s in claimed])
+    assert all(s.created for s in await ingest)
+    assert [c.endpoint for c in feishu.calls] == ["batch_create", "batch_update"]
+    await store.close()
+
+
 @pytest.mark.parametrize("fault", TRANSIENT_FAULTS)
 async def test_transient_faults_are_retried_until_the_write_lands_once(bitable_store, feishu, fault):
     feishu.add_fault(fault, endpoint="batch_create", times=2)
