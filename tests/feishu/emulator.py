@@ -185,6 +185,9 @@ class _Table:
     fields: dict[str, _Field]
     records: dict[str, _Record] = field(default_factory=dict)
     client_tokens: dict[str, bytes] = field(default_factory=dict)
+    # (filter, sort) → the matching rows in order, until the table changes: paging through a large table
+    # filtered every row for every page, under the lock, which is a cost of this emulator, not of Feishu
+    matches: dict[tuple[str, str, date], list] = field(default_factory=dict)
 
 
 @dataclass
@@ -361,6 +364,7 @@ class FeishuEmulator:
             return
         server.shutdown()
         server.server_close()
+        server.close_connections()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
@@ -668,6 +672,7 @@ class FeishuEmulator:
             ]
         fld = _Field(self._new_id("fld", 10), name, ftype, prop)
         table.fields[name] = fld
+        table.matches.clear()
         return fld
 
     @staticmethod
@@ -745,6 +750,7 @@ class FeishuEmulator:
         rec = _Record({}, now, now)
         self._store(table, rec.fields, fields)
         table.records[rid] = rec
+        table.matches.clear()
         return rid
 
     @staticmethod
@@ -789,6 +795,7 @@ class FeishuEmulator:
         for rec in records:
             self._check_fields(table, rec.get("fields", {}))
         now, out = _now_ms(), []
+        table.matches.clear()
         for rec in records:
             stored = table.records[rec["record_id"]]
             fields = rec.get("fields", {})
@@ -806,6 +813,7 @@ class FeishuEmulator:
             raise ApiError(1254043, "RecordIdNotFound")
         for rid in ids:
             table.records.pop(rid, None)
+        table.matches.clear()
         return {"records": [{"deleted": True, "record_id": rid} for rid in ids]}, len(ids)
 
     # ---- record reads ------------------------------------------------------------------------------
@@ -849,12 +857,23 @@ class FeishuEmulator:
                 raise ApiError(1254045, "FieldNameNotFound")  # not in the reference sheet: unknown field_names
         keys = self._sort_keys(table, data.get("sort"))
         predicate = self._compile_filter(table, data.get("filter"))
-        rows = [(rid, rec) for rid, rec in table.records.items() if predicate(rec)]
-        for fld, desc in reversed(keys):
-            present = [r for r in rows if not _is_empty(self._cell(fld, r[1]))]
-            empty = [r for r in rows if _is_empty(self._cell(fld, r[1]))]
-            present.sort(key=lambda r, f=fld: self._sort_value(f, self._cell(f, r[1])), reverse=desc)
-            rows = present + empty  # not in the reference sheet: empty cells sort last either way
+        # today's date too: a ["Today"] filter matches other rows tomorrow
+        matches_key = (
+            json.dumps(data.get("filter"), sort_keys=True),
+            json.dumps(data.get("sort"), sort_keys=True),
+            datetime.now(FILTER_TZ).date(),
+        )
+        rows = table.matches.get(matches_key)
+        if rows is None:
+            rows = [(rid, rec) for rid, rec in table.records.items() if predicate(rec)]
+            for fld, desc in reversed(keys):
+                present = [r for r in rows if not _is_empty(self._cell(fld, r[1]))]
+                empty = [r for r in rows if _is_empty(self._cell(fld, r[1]))]
+                present.sort(key=lambda r, f=fld: self._sort_value(f, self._cell(f, r[1])), reverse=desc)
+                rows = present + empty  # not in the reference sheet: empty cells sort last either way
+            if len(table.matches) >= 16:
+                table.matches.clear()
+            table.matches[matches_key] = rows
         auto = data.get("automatic_fields") is True
         page = rows[offset : offset + size]
         result: dict[str, Any] = {
@@ -922,10 +941,24 @@ class FeishuEmulator:
             count[0] += 1
             parts.append(self._compile_condition(table, cond))
         parts += [self._compile_group(table, child, count, allow_children=False) for child in children]
-        if conjunction == "and":
-            return lambda rec: all(p(rec) for p in parts)
-        # not in the reference sheet: an empty "or" group matches everything, like an empty "and"
-        return lambda rec: not parts or any(p(rec) for p in parts)
+        # plain loops, not all()/any() over a generator: a search tests every row of the table with these
+        if conjunction == "and" or not parts:  # not in the reference sheet: an empty "or" matches everything
+
+            def every(rec: _Record) -> bool:
+                for part in parts:
+                    if not part(rec):
+                        return False
+                return True
+
+            return every
+
+        def some(rec: _Record) -> bool:
+            for part in parts:
+                if part(rec):
+                    return True
+            return False
+
+        return some
 
     def _compile_condition(self, table: _Table, cond: Any):
         if not isinstance(cond, dict):
@@ -946,8 +979,10 @@ class FeishuEmulator:
         if len(values) > MAX_VALUES:
             raise _bad_filter(f"at most {MAX_VALUES} values")
 
+        name = fld.name
+
         def cell(rec: _Record) -> Any:
-            return self._cell(fld, rec)
+            return rec.created if fld.type == CREATED_TIME else rec.fields.get(name)
 
         if op in ("isEmpty", "isNotEmpty"):
             if values:
@@ -977,10 +1012,27 @@ class FeishuEmulator:
             return lambda rec: _is_empty(cell(rec)) or cell(rec) != target_s
         if not values:
             raise _bad_filter(f"{op} needs a value")
+
         # not in the reference sheet: contains matches when any value is a substring (single select too)
-        if op == "contains":
-            return lambda rec: not _is_empty(cell(rec)) and any(v in cell(rec) for v in values)
-        return lambda rec: _is_empty(cell(rec)) or not any(v in cell(rec) for v in values)
+        def contains(rec: _Record) -> bool:
+            value = rec.fields.get(name)
+            if value is None or value == "":
+                return False
+            for v in values:
+                if v in value:
+                    return True
+            return False
+
+        def does_not_contain(rec: _Record) -> bool:
+            value = rec.fields.get(name)
+            if value is None or value == "":
+                return True
+            for v in values:
+                if v in value:
+                    return False
+            return True
+
+        return contains if op == "contains" else does_not_contain
 
     @staticmethod
     def _comparison(op: str, get: Any, target: Any):
@@ -1073,6 +1125,20 @@ class FeishuEmulator:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+
+    def close_connections(self) -> None:
+        """A stopped server answers nobody: kept-alive connections are cut too, not only the listener."""
+        with self.connections_lock:
+            for connection in self.connections:
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         if isinstance(sys.exc_info()[1], ConnectionError):
             return  # a client that timed out or hung up is not an emulator error
@@ -1083,6 +1149,16 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "FeishuEmulator/1.0"
     timeout = 60  # an idle keep-alive connection must not pin a thread forever
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.connections_lock:  # type: ignore[attr-defined]
+            self.server.connections.add(self.connection)  # type: ignore[attr-defined]
+
+    def finish(self) -> None:
+        with self.server.connections_lock:  # type: ignore[attr-defined]
+            self.server.connections.discard(self.connection)  # type: ignore[attr-defined]
+        super().finish()
 
     def do_GET(self) -> None:
         self._dispatch("GET")
