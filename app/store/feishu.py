@@ -283,6 +283,7 @@ class FeishuTable:
         body: dict[str, Any] | None,
         special: set[int] | None,
     ) -> dict[str, Any]:
+        client = self._client()  # first: building it (a TLS context) overlaps a token fetch
         token = await self._tenant_token()
         if endpoint in self._pacers:
             await self._pacers[endpoint].wait()
@@ -290,7 +291,7 @@ class FeishuTable:
         started = time.perf_counter()
         headers = {"Authorization": f"Bearer {token}"}
         try:
-            response = await self._client().request(method, self._url + path, params=query, json=body, headers=headers)
+            response = await client.request(method, self._url + path, params=query, json=body, headers=headers)
             answer = json.loads(response.content)
         except httpx.TimeoutException:
             self._observe(endpoint, "timeout", started)
