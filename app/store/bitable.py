@@ -447,13 +447,17 @@ class BitableTaskStore:
     async def _reindex_part(self, filter_: dict[str, Any], writing: asyncio.Lock) -> None:
         """Page through one part; a page goes into the index while the next one is on its way."""
 
-        def fetch(token: str | None) -> asyncio.Future[Page]:
-            search = self.table.search(filter_=filter_, field_names=[IDENTIFIER], page_size=MAX_PAGE, page_token=token)
+        def fetch(token: str | None, rows_left: float) -> asyncio.Future[Page]:
+            # the part with the most rows left goes first: the parts end together, none pages alone at the end
+            search = self.table.search(
+                filter_=filter_, field_names=[IDENTIFIER], page_size=MAX_PAGE, page_token=token, priority=rows_left
+            )
             return asyncio.ensure_future(search)
 
-        page = await fetch(None)
+        page, read = await fetch(None, math.inf), 0
         while True:
-            following = fetch(page.page_token) if page.page_token else None
+            read += len(page.records)
+            following = fetch(page.page_token, (page.total or 0) - read) if page.page_token else None
             try:
                 pairs = [(_plain(fields.get(IDENTIFIER)), rid) for rid, fields in page.records]
                 async with writing:  # in a thread: ~15 ms of SQLite a page would hold up the other parts' calls

@@ -7,7 +7,9 @@ unmarshals every answer into typed objects: together most of the CPU of a 500-ro
 """
 
 import asyncio
+import heapq
 import importlib.util
+import itertools
 import json
 import logging
 import math
@@ -114,18 +116,44 @@ class Page:
 
 
 class _Pacer:
-    """Spaces the starts of one endpoint's calls under its rate limit: parallel searches wait here, not on 429s."""
+    """Spaces the starts of one endpoint's calls under its rate limit; parallel searches wait here, not on 429s.
+
+    Of the calls waiting, the one of highest priority starts first (in order of arrival among equals).
+    """
 
     def __init__(self, per_second: float):
         self._interval = _RATE_MARGIN / per_second
-        self._next = 0.0
+        self._next = self._slot = 0.0
+        self._waiting: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._arrivals = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def wait(self) -> None:
-        now = time.monotonic()
-        start = max(now, self._next)
-        self._next = start + self._interval  # reserved before sleeping: concurrent callers queue up in order
-        if start > now:
-            await asyncio.sleep(start - now)
+    async def wait(self, priority: float) -> None:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # another event loop: the last one's timer and waiters went with it
+            self._loop, self._waiting, self._timer, self._next = loop, [], None, 0.0
+        future = loop.create_future()
+        heapq.heappush(self._waiting, (-priority, next(self._arrivals), future))
+        if self._timer is None:
+            self._arm()
+        await future
+
+    def _arm(self) -> None:
+        assert self._loop is not None
+        self._slot = max(self._loop.time(), self._next)
+        self._timer = self._loop.call_at(self._slot, self._release)
+
+    def _release(self) -> None:
+        self._timer = None
+        while self._waiting:
+            future = heapq.heappop(self._waiting)[2]
+            if not future.done():  # a cancelled call gives its turn to the next
+                future.set_result(None)
+                self._next = self._slot + self._interval  # from the slot, not from now: a late wake-up adds no gap
+                break
+        if self._waiting:
+            self._arm()
 
 
 class FeishuTable:
@@ -228,7 +256,9 @@ class FeishuTable:
         field_names: list[str] | None = None,
         page_size: int = 500,
         page_token: str | None = None,
+        priority: float = math.inf,
     ) -> Page:
+        """One page; `priority` orders the searches that wait for the rate limit (the highest first)."""
         body: dict[str, Any] = {}  # never absent: a search with no body answers 9499
         if filter_:
             body["filter"] = filter_
@@ -237,7 +267,7 @@ class FeishuTable:
         if field_names:
             body["field_names"] = field_names
         query = {"page_size": page_size, **({"page_token": page_token} if page_token else {})}
-        data = await self._call("search", "POST", "/records/search", query=query, body=body)
+        data = await self._call("search", "POST", "/records/search", query=query, body=body, priority=priority)
         return Page(
             records=_records(data.get("items")),
             page_token=data.get("page_token") if data.get("has_more") else None,
@@ -255,6 +285,7 @@ class FeishuTable:
         query: dict[str, Any] | None = None,
         body: dict[str, Any] | None = None,
         special: set[int] | None = None,
+        priority: float = math.inf,
     ) -> dict[str, Any]:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._attempts),
@@ -266,7 +297,7 @@ class FeishuTable:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._once(endpoint, method, path, query, body, special)
+                    return await self._once(endpoint, method, path, query, body, special, priority)
         except _Retry as exc:
             raise StoreUnavailable(
                 f"Feishu {endpoint} failed {self._attempts} times; last: {exc.reason}",
@@ -282,11 +313,12 @@ class FeishuTable:
         query: dict[str, Any] | None,
         body: dict[str, Any] | None,
         special: set[int] | None,
+        priority: float,
     ) -> dict[str, Any]:
         client = self._client()  # first: building it (a TLS context) overlaps a token fetch
         token = await self._tenant_token()
         if endpoint in self._pacers:
-            await self._pacers[endpoint].wait()
+            await self._pacers[endpoint].wait(priority)
         self.calls += 1
         started = time.perf_counter()
         headers = {"Authorization": f"Bearer {token}"}
