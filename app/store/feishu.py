@@ -123,7 +123,7 @@ class _Pacer:
 
     def __init__(self, per_second: float):
         self._interval = _RATE_MARGIN / per_second
-        self._next = self._slot = 0.0
+        self._next = 0.0
         self._waiting: list[tuple[float, int, asyncio.Future[None]]] = []
         self._arrivals = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
@@ -141,16 +141,17 @@ class _Pacer:
 
     def _arm(self) -> None:
         assert self._loop is not None
-        self._slot = max(self._loop.time(), self._next)
-        self._timer = self._loop.call_at(self._slot, self._release)
+        self._timer = self._loop.call_at(max(self._loop.time(), self._next), self._release)
 
     def _release(self) -> None:
+        assert self._loop is not None
         self._timer = None
         while self._waiting:
             future = heapq.heappop(self._waiting)[2]
             if not future.done():  # a cancelled call gives its turn to the next
                 future.set_result(None)
-                self._next = self._slot + self._interval  # from the slot, not from now: a late wake-up adds no gap
+                # from when it really starts, not from its slot: after a late one, two must not start close
+                self._next = self._loop.time() + self._interval
                 break
         if self._waiting:
             self._arm()

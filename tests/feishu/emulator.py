@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import bisect
 import copy
 import hashlib
 import hmac
@@ -491,6 +492,7 @@ class FeishuEmulator:
             # not in the reference sheet: unknown paths answer 404 with a JSON code
             return self._json(404, {"code": 404, "msg": "404 page not found"})
         drop, marked, early = False, None, None
+        arrived = self.clock()  # the gateway counts arrivals: not when the lock (held by a search) comes free
         with self._lock:
             if self._pick_fault(endpoint, {"token_expired"}):
                 self._tokens.clear()
@@ -503,7 +505,7 @@ class FeishuEmulator:
                 elif fault is not None:
                     early = self._fault_answer(fault, endpoint)
             if early is None:
-                early = self._check_rate(endpoint)  # not in the reference sheet: auth, then faults, then rate
+                early = self._check_rate(endpoint, arrived)  # not in the reference sheet: auth, faults, then rate
             if early is None and endpoint in WRITE_ENDPOINTS:
                 if params in self._writing:
                     early = self._error(ApiError(1254291, "Write conflict"))
@@ -626,22 +628,22 @@ class FeishuEmulator:
         }[kind]
         return self._error(ApiError(code, msg))
 
-    def _check_rate(self, endpoint: str) -> _Answer | None:
+    def _check_rate(self, endpoint: str, arrived: float) -> _Answer | None:
         limit = RATE_LIMITS.get(endpoint)
         if not self.rate_limits or limit is None:
             return None
-        now, window = self.clock(), self._windows[endpoint]
-        while window and window[0] <= now - 1.0:
+        window = self._windows[endpoint]
+        while window and window[0] <= arrived - 1.0:
             window.popleft()
         if len(window) >= limit:
             # not in the reference sheet: rejected calls do not count against the window
-            reset = max(1, math.ceil(window[0] + 1.0 - now))
+            reset = max(1, math.ceil(window[0] + 1.0 - arrived))
             return self._json(
                 429,
                 {"code": 99991400, "msg": "request trigger frequency limit"},
                 {"x-ogw-ratelimit-limit": str(limit), "x-ogw-ratelimit-reset": str(reset)},
             )
-        window.append(now)
+        bisect.insort(window, arrived)  # in order: a call may take the lock after one that arrived later
         return None
 
     # ---- fields ------------------------------------------------------------------------------------
