@@ -1,38 +1,62 @@
-"""The vendor edge: Bitable calls through lark-oapi, with retries, and Feishu codes turned into our errors.
+"""The vendor edge: Bitable calls over one pooled HTTP client, with retries, and Feishu codes turned into our errors.
 
-Nothing outside this module sees a Feishu code, an SDK type or a lark exception.
+Nothing outside this module sees a Feishu code, an SDK type or a lark exception. The lark-oapi SDK supplies the
+tenant token (its TokenManager, cache included); the Bitable calls themselves are sent here, because the SDK's
+async transport builds a new httpx client, and with it a TLS context (25-70 ms of CPU here), for every call, and
+unmarshals every answer into typed objects: together most of the CPU of a 500-row search page.
 """
 
 import asyncio
+import heapq
+import importlib.util
+import itertools
+import json
 import logging
 import math
+import sys
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
-import lark_oapi as lark
 import requests
-from lark_oapi.api.bitable.v1 import (
-    AppTableField,
-    BatchCreateAppTableRecordRequest,
-    BatchDeleteAppTableRecordRequest,
-    BatchDeleteAppTableRecordRequestBody,
-    BatchGetAppTableRecordRequest,
-    BatchGetAppTableRecordRequestBody,
-    BatchUpdateAppTableRecordRequest,
-    CreateAppTableFieldRequest,
-    ListAppTableFieldRequest,
-    SearchAppTableRecordRequest,
-    SearchAppTableRecordRequestBody,
-)
-from lark_oapi.core.exception import ObtainAccessTokenException
-from lark_oapi.core.token.manager import TokenManager
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from app.errors import StoreRejected, StoreUnavailable
 from app.metrics import FEISHU_CALLS, FEISHU_LATENCY, FEISHU_RETRIES
+
+
+def _register_lark_without_its_services() -> None:
+    """Register the lark_oapi package without running its __init__, which imports every Open API service.
+
+    That __init__ loads ~11,000 modules (~170 MB, ~7 s); this edge needs only lark_oapi.core (~40 modules).
+    A later `import lark_oapi as lark; lark.Client` still works: the first lookup of a name the package
+    itself defines runs the real __init__ then (PEP 562).
+    """
+    if "lark_oapi" in sys.modules:
+        return
+    spec = importlib.util.find_spec("lark_oapi")
+    if spec is None or spec.loader is None:
+        return  # not installed: the imports below fail with the usual message
+    package = importlib.util.module_from_spec(spec)
+
+    def load_everything(name: str) -> Any:
+        del package.__getattr__
+        spec.loader.exec_module(package)
+        return getattr(package, name)
+
+    package.__getattr__ = load_everything  # type: ignore[method-assign]
+    sys.modules["lark_oapi"] = package
+
+
+_register_lark_without_its_services()
+
+from lark_oapi.core.enum import LogLevel  # noqa: E402
+from lark_oapi.core.exception import ObtainAccessTokenException  # noqa: E402
+from lark_oapi.core.log import logger as lark_logger  # noqa: E402
+from lark_oapi.core.model import Config  # noqa: E402
+from lark_oapi.core.token.manager import TokenManager  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +79,10 @@ _PERMANENT_HINTS = {
     1254018: "invalid search filter",
     1254107: "search filter too long",
 }
+# Calls a second per endpoint (the reference sheet's table). Starts are spaced 5% wider than that: the
+# gateway counts arrivals, which come a few ms late or early, and a 429 costs a second.
+_RATE_LIMITS = {"batch_create": 50, "batch_update": 50, "batch_delete": 50, "batch_get": 20, "search": 20}
+_RATE_MARGIN = 1.05
 
 
 class _Retry(Exception):
@@ -87,12 +115,54 @@ class Page:
     total: int | None
 
 
+class _Pacer:
+    """Spaces the starts of one endpoint's calls under its rate limit; parallel searches wait here, not on 429s.
+
+    Of the calls waiting, the one of highest priority starts first (in order of arrival among equals).
+    """
+
+    def __init__(self, per_second: float):
+        self._interval = _RATE_MARGIN / per_second
+        self._next = 0.0
+        self._waiting: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._arrivals = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def wait(self, priority: float) -> None:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # another event loop: the last one's timer and waiters went with it
+            self._loop, self._waiting, self._timer, self._next = loop, [], None, 0.0
+        future = loop.create_future()
+        heapq.heappush(self._waiting, (-priority, next(self._arrivals), future))
+        if self._timer is None:
+            self._arm()
+        await future
+
+    def _arm(self) -> None:
+        assert self._loop is not None
+        self._timer = self._loop.call_at(max(self._loop.time(), self._next), self._release)
+
+    def _release(self) -> None:
+        assert self._loop is not None
+        self._timer = None
+        while self._waiting:
+            future = heapq.heappop(self._waiting)[2]
+            if not future.done():  # a cancelled call gives its turn to the next
+                future.set_result(None)
+                # from when it really starts, not from its slot: after a late one, two must not start close
+                self._next = self._loop.time() + self._interval
+                break
+        if self._waiting:
+            self._arm()
+
+
 class FeishuTable:
-    """One Bitable table, reached through the real SDK's async methods."""
+    """One Bitable table: its calls, paced, retried and translated."""
 
     def __init__(
         self,
-        client: lark.Client,
+        sdk: Any,
         app_token: str,
         table_id: str,
         *,
@@ -100,14 +170,19 @@ class FeishuTable:
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
     ):
-        self._client = client
-        self._records = client.bitable.v1.app_table_record
-        self._fields = client.bitable.v1.app_table_field
+        config: Config = sdk if isinstance(sdk, Config) else sdk.config  # an SDK Config, or a lark.Client's
+        self._config = config
+        self._url = (
+            f"{config.domain}/open-apis/bitable/v1/apps/{quote(app_token, safe='')}/tables/{quote(table_id, safe='')}"
+        )
         self.app_token = app_token
         self.table_id = table_id
         self._attempts = attempts
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
+        self._pacers = {endpoint: _Pacer(rate) for endpoint, rate in _RATE_LIMITS.items()}
+        self._http: httpx.AsyncClient | None = None
+        self._http_loop: asyncio.AbstractEventLoop | None = None
         self.calls = 0  # every HTTP attempt to the Bitable API, for tests and benchmarks
 
     @classmethod
@@ -122,63 +197,57 @@ class FeishuTable:
         log_level: str = "WARNING",
         **retry: Any,
     ) -> "FeishuTable":
-        client = (
-            lark.Client.builder()
-            .app_id(app_id)
-            .app_secret(app_secret)
-            .domain(domain)
-            .timeout(timeout)
-            .log_level(lark.LogLevel[log_level.upper()])
-            .build()
-        )
-        return cls(client, app_token, table_id, **retry)
+        config = Config()
+        config.app_id, config.app_secret, config.domain, config.timeout = app_id, app_secret, domain, timeout
+        config.log_level = LogLevel[log_level.upper()]
+        lark_logger.setLevel(config.log_level.value)  # what the SDK's Client.builder() does
+        return cls(config, app_token, table_id, **retry)
+
+    async def aclose(self) -> None:
+        http, self._http = self._http, None
+        if http is not None and self._http_loop is asyncio.get_running_loop():
+            await http.aclose()
 
     # ---- calls ----------------------------------------------------------------------------------
-
-    def _builder(self, request_type: Any) -> Any:
-        return request_type.builder().app_token(self.app_token).table_id(self.table_id)
 
     async def list_fields(self) -> list[Field]:
         fields, token = [], None
         while True:
-            builder = self._builder(ListAppTableFieldRequest).page_size(100)
-            if token:
-                builder = builder.page_token(token)
-            data = await self._call("fields_list", self._fields.alist, builder.build())
-            fields += [Field(item.field_name, item.type) for item in data.items or []]
-            if not data.has_more:
+            query = {"page_size": 100, **({"page_token": token} if token else {})}
+            data = await self._call("fields_list", "GET", "/fields", query=query)
+            fields += [Field(item["field_name"], item["type"]) for item in data.get("items") or []]
+            if not data.get("has_more"):
                 return fields
-            token = data.page_token
+            token = data.get("page_token")
 
     async def create_field(self, name: str, type_: int, prop: dict[str, Any] | None = None) -> None:
-        body = AppTableField({"field_name": name, "type": type_, **({"property": prop} if prop else {})})
-        request = self._builder(CreateAppTableFieldRequest).request_body(body).build()
-        await self._call("fields_create", self._fields.acreate, request)
+        body = {"field_name": name, "type": type_, **({"property": prop} if prop else {})}
+        await self._call("fields_create", "POST", "/fields", body=body)
 
     async def batch_create(self, rows: list[dict[str, Any]], client_token: str) -> list[tuple[str, dict[str, Any]]]:
         """Create rows; raise AlreadyApplied when the token was seen before without the original answer."""
-        request = self._builder(BatchCreateAppTableRecordRequest).client_token(client_token).build()
-        request.body = {
-            "records": [{"fields": row} for row in rows]
-        }  # a plain dict: the typed body costs 18x to marshal
-        data = await self._call("batch_create", self._records.abatch_create, request, special={_ALREADY_APPLIED})
-        return _records(data.records)
+        data = await self._call(
+            "batch_create",
+            "POST",
+            "/records/batch_create",
+            query={"client_token": client_token},
+            body={"records": [{"fields": row} for row in rows]},
+            special={_ALREADY_APPLIED},
+        )
+        return _records(data.get("records"))
 
     async def batch_update(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
         """Update rows; raise RecordMissing when one record id is unknown (nothing is applied then)."""
-        request = self._builder(BatchUpdateAppTableRecordRequest).build()
-        request.body = {"records": [{"record_id": record_id, "fields": fields} for record_id, fields in rows]}
-        await self._call("batch_update", self._records.abatch_update, request, special={_RECORD_MISSING})
+        body = {"records": [{"record_id": record_id, "fields": fields} for record_id, fields in rows]}
+        await self._call("batch_update", "POST", "/records/batch_update", body=body, special={_RECORD_MISSING})
 
     async def batch_delete(self, record_ids: list[str]) -> None:
-        body = BatchDeleteAppTableRecordRequestBody({"records": record_ids})
-        request = self._builder(BatchDeleteAppTableRecordRequest).request_body(body).build()
-        await self._call("batch_delete", self._records.abatch_delete, request, special={_RECORD_MISSING})
+        body = {"records": record_ids}
+        await self._call("batch_delete", "POST", "/records/batch_delete", body=body, special={_RECORD_MISSING})
 
     async def batch_get(self, record_ids: list[str]) -> list[tuple[str, dict[str, Any]]]:
-        body = BatchGetAppTableRecordRequestBody({"record_ids": record_ids})
-        request = self._builder(BatchGetAppTableRecordRequest).request_body(body).build()
-        return _records((await self._call("batch_get", self._records.abatch_get, request)).records)
+        data = await self._call("batch_get", "POST", "/records/batch_get", body={"record_ids": record_ids})
+        return _records(data.get("records"))
 
     async def search(
         self,
@@ -188,7 +257,9 @@ class FeishuTable:
         field_names: list[str] | None = None,
         page_size: int = 500,
         page_token: str | None = None,
+        priority: float = math.inf,
     ) -> Page:
+        """One page; `priority` orders the searches that wait for the rate limit (the highest first)."""
         body: dict[str, Any] = {}  # never absent: a search with no body answers 9499
         if filter_:
             body["filter"] = filter_
@@ -196,20 +267,27 @@ class FeishuTable:
             body["sort"] = sort
         if field_names:
             body["field_names"] = field_names
-        builder = self._builder(SearchAppTableRecordRequest).page_size(page_size)
-        builder = builder.request_body(SearchAppTableRecordRequestBody(body))
-        if page_token:
-            builder = builder.page_token(page_token)
-        data = await self._call("search", self._records.asearch, builder.build())
+        query = {"page_size": page_size, **({"page_token": page_token} if page_token else {})}
+        data = await self._call("search", "POST", "/records/search", query=query, body=body, priority=priority)
         return Page(
-            records=_records(data.items), page_token=data.page_token if data.has_more else None, total=data.total
+            records=_records(data.get("items")),
+            page_token=data.get("page_token") if data.get("has_more") else None,
+            total=data.get("total"),
         )
 
     # ---- the edge -------------------------------------------------------------------------------
 
     async def _call(
-        self, endpoint: str, method: Callable[[Any], Awaitable[Any]], request: Any, special: set[int] | None = None
-    ) -> Any:
+        self,
+        endpoint: str,
+        method: str,
+        path: str,
+        *,
+        query: dict[str, Any] | None = None,
+        body: dict[str, Any] | None = None,
+        special: set[int] | None = None,
+        priority: float = math.inf,
+    ) -> dict[str, Any]:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._attempts),
             wait=self._wait,
@@ -220,7 +298,7 @@ class FeishuTable:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._once(endpoint, method, request, special)
+                    return await self._once(endpoint, method, path, query, body, special, priority)
         except _Retry as exc:
             raise StoreUnavailable(
                 f"Feishu {endpoint} failed {self._attempts} times; last: {exc.reason}",
@@ -228,27 +306,43 @@ class FeishuTable:
             ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _once(self, endpoint: str, method: Callable, request: Any, special: set[int] | None) -> Any:
-        await self._ensure_token()
+    async def _once(
+        self,
+        endpoint: str,
+        method: str,
+        path: str,
+        query: dict[str, Any] | None,
+        body: dict[str, Any] | None,
+        special: set[int] | None,
+        priority: float,
+    ) -> dict[str, Any]:
+        client = self._client()  # first: building it (a TLS context) overlaps a token fetch
+        token = await self._tenant_token()
+        if endpoint in self._pacers:
+            await self._pacers[endpoint].wait(priority)
         self.calls += 1
         started = time.perf_counter()
+        headers = {"Authorization": f"Bearer {token}"}
         try:
-            response = await method(request)
+            response = await client.request(method, self._url + path, params=query, json=body, headers=headers)
+            answer = json.loads(response.content)
         except httpx.TimeoutException:
             self._observe(endpoint, "timeout", started)
             raise _Retry(f"timed out after {time.perf_counter() - started:.1f}s") from None
         except httpx.HTTPError as exc:
             self._observe(endpoint, "transport", started)
             raise _Retry(f"connection failed: {type(exc).__name__}") from None
-        except ValueError as exc:  # a gateway's HTML page instead of JSON; the SDK's unmarshal errors too
+        except ValueError as exc:  # a gateway's HTML page instead of JSON
             self._observe(endpoint, "not_json", started)
             raise _Retry(f"answer was not Feishu JSON ({type(exc).__name__})") from None
-        status = response.raw.status_code if response.raw else 0
-        code = response.code
+        if not isinstance(answer, dict):
+            self._observe(endpoint, "not_json", started)
+            raise _Retry("answer was not a Feishu JSON object")
+        status, code = response.status_code, answer.get("code")
         self._observe(endpoint, str(code), started)
         log.debug("feishu %s status=%s code=%s %.3fs", endpoint, status, code, time.perf_counter() - started)
         if code == 0:
-            return response.data
+            return answer.get("data") or {}
         if special and code in special:
             raise AlreadyApplied() if code == _ALREADY_APPLIED else RecordMissing()
         if code == _TOKEN_INVALID:
@@ -258,8 +352,15 @@ class FeishuTable:
             raise _Retry(_RETRY_CODES.get(code, f"HTTP {status}"), wait=_reset_seconds(response))
         if status >= 500:
             raise _Retry(f"HTTP {status} (code {code})")
-        hint = _PERMANENT_HINTS.get(code, response.msg or "")
+        hint = _PERMANENT_HINTS.get(code, answer.get("msg") or "")
         raise StoreRejected(f"Feishu {endpoint} refused the request: code {code}: {hint}")
+
+    def _client(self) -> httpx.AsyncClient:
+        """One pooled client per event loop: its connections belong to the loop that opened them."""
+        loop = asyncio.get_running_loop()
+        if self._http is None or self._http_loop is not loop:
+            self._http, self._http_loop = httpx.AsyncClient(timeout=self._config.timeout), loop
+        return self._http
 
     @staticmethod
     def _observe(endpoint: str, code: str, started: float) -> None:
@@ -278,14 +379,15 @@ class FeishuTable:
         return backoff
 
     def _token_key(self) -> str:
-        return f"self_tenant_token:{self._client.config.app_id}"
+        return f"self_tenant_token:{self._config.app_id}"
 
-    async def _ensure_token(self) -> None:
-        """Fetch the tenant token in a thread: the SDK fetches it with blocking `requests`."""
-        if TokenManager.cache.get(self._token_key()):
-            return
+    async def _tenant_token(self) -> str:
+        """The SDK's cached tenant token; a fetch runs in a thread, as the SDK fetches it with blocking `requests`."""
+        token = TokenManager.cache.get(self._token_key())
+        if token:
+            return token
         try:
-            await asyncio.to_thread(TokenManager.get_self_tenant_token, self._client.config)
+            return await asyncio.to_thread(TokenManager.get_self_tenant_token, self._config)
         except ObtainAccessTokenException as exc:
             if exc.code == _RATE_LIMITED:
                 raise _Retry("token endpoint rate limited") from None
@@ -299,13 +401,12 @@ class FeishuTable:
         TokenManager.cache.set(self._token_key(), "", 0)
 
 
-def _reset_seconds(response: Any) -> float | None:
-    headers = {key.lower(): value for key, value in (response.raw.headers or {}).items()} if response.raw else {}
+def _reset_seconds(response: httpx.Response) -> float | None:
     try:
-        return float(headers["x-ogw-ratelimit-reset"])
+        return float(response.headers["x-ogw-ratelimit-reset"])
     except (KeyError, ValueError):
         return None
 
 
 def _records(records: list | None) -> list[tuple[str, dict[str, Any]]]:
-    return [(record.record_id, record.fields or {}) for record in records or []]
+    return [(record["record_id"], record.get("fields") or {}) for record in records or []]

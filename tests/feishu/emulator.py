@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import bisect
 import copy
 import hashlib
 import hmac
@@ -185,6 +186,9 @@ class _Table:
     fields: dict[str, _Field]
     records: dict[str, _Record] = field(default_factory=dict)
     client_tokens: dict[str, bytes] = field(default_factory=dict)
+    # (filter, sort) → the matching rows in order, until the table changes: paging through a large table
+    # filtered every row for every page, under the lock, which is a cost of this emulator, not of Feishu
+    matches: dict[tuple[str, str, date], list] = field(default_factory=dict)
 
 
 @dataclass
@@ -361,6 +365,7 @@ class FeishuEmulator:
             return
         server.shutdown()
         server.server_close()
+        server.close_connections()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
@@ -487,6 +492,7 @@ class FeishuEmulator:
             # not in the reference sheet: unknown paths answer 404 with a JSON code
             return self._json(404, {"code": 404, "msg": "404 page not found"})
         drop, marked, early = False, None, None
+        arrived = self.clock()  # the gateway counts arrivals: not when the lock (held by a search) comes free
         with self._lock:
             if self._pick_fault(endpoint, {"token_expired"}):
                 self._tokens.clear()
@@ -499,7 +505,7 @@ class FeishuEmulator:
                 elif fault is not None:
                     early = self._fault_answer(fault, endpoint)
             if early is None:
-                early = self._check_rate(endpoint)  # not in the reference sheet: auth, then faults, then rate
+                early = self._check_rate(endpoint, arrived)  # not in the reference sheet: auth, faults, then rate
             if early is None and endpoint in WRITE_ENDPOINTS:
                 if params in self._writing:
                     early = self._error(ApiError(1254291, "Write conflict"))
@@ -622,22 +628,22 @@ class FeishuEmulator:
         }[kind]
         return self._error(ApiError(code, msg))
 
-    def _check_rate(self, endpoint: str) -> _Answer | None:
+    def _check_rate(self, endpoint: str, arrived: float) -> _Answer | None:
         limit = RATE_LIMITS.get(endpoint)
         if not self.rate_limits or limit is None:
             return None
-        now, window = self.clock(), self._windows[endpoint]
-        while window and window[0] <= now - 1.0:
+        window = self._windows[endpoint]
+        while window and window[0] <= arrived - 1.0:
             window.popleft()
         if len(window) >= limit:
             # not in the reference sheet: rejected calls do not count against the window
-            reset = max(1, math.ceil(window[0] + 1.0 - now))
+            reset = max(1, math.ceil(window[0] + 1.0 - arrived))
             return self._json(
                 429,
                 {"code": 99991400, "msg": "request trigger frequency limit"},
                 {"x-ogw-ratelimit-limit": str(limit), "x-ogw-ratelimit-reset": str(reset)},
             )
-        window.append(now)
+        bisect.insort(window, arrived)  # in order: a call may take the lock after one that arrived later
         return None
 
     # ---- fields ------------------------------------------------------------------------------------
@@ -668,6 +674,7 @@ class FeishuEmulator:
             ]
         fld = _Field(self._new_id("fld", 10), name, ftype, prop)
         table.fields[name] = fld
+        table.matches.clear()
         return fld
 
     @staticmethod
@@ -745,6 +752,7 @@ class FeishuEmulator:
         rec = _Record({}, now, now)
         self._store(table, rec.fields, fields)
         table.records[rid] = rec
+        table.matches.clear()
         return rid
 
     @staticmethod
@@ -789,6 +797,7 @@ class FeishuEmulator:
         for rec in records:
             self._check_fields(table, rec.get("fields", {}))
         now, out = _now_ms(), []
+        table.matches.clear()
         for rec in records:
             stored = table.records[rec["record_id"]]
             fields = rec.get("fields", {})
@@ -806,6 +815,7 @@ class FeishuEmulator:
             raise ApiError(1254043, "RecordIdNotFound")
         for rid in ids:
             table.records.pop(rid, None)
+        table.matches.clear()
         return {"records": [{"deleted": True, "record_id": rid} for rid in ids]}, len(ids)
 
     # ---- record reads ------------------------------------------------------------------------------
@@ -849,12 +859,23 @@ class FeishuEmulator:
                 raise ApiError(1254045, "FieldNameNotFound")  # not in the reference sheet: unknown field_names
         keys = self._sort_keys(table, data.get("sort"))
         predicate = self._compile_filter(table, data.get("filter"))
-        rows = [(rid, rec) for rid, rec in table.records.items() if predicate(rec)]
-        for fld, desc in reversed(keys):
-            present = [r for r in rows if not _is_empty(self._cell(fld, r[1]))]
-            empty = [r for r in rows if _is_empty(self._cell(fld, r[1]))]
-            present.sort(key=lambda r, f=fld: self._sort_value(f, self._cell(f, r[1])), reverse=desc)
-            rows = present + empty  # not in the reference sheet: empty cells sort last either way
+        # today's date too: a ["Today"] filter matches other rows tomorrow
+        matches_key = (
+            json.dumps(data.get("filter"), sort_keys=True),
+            json.dumps(data.get("sort"), sort_keys=True),
+            datetime.now(FILTER_TZ).date(),
+        )
+        rows = table.matches.get(matches_key)
+        if rows is None:
+            rows = [(rid, rec) for rid, rec in table.records.items() if predicate(rec)]
+            for fld, desc in reversed(keys):
+                present = [r for r in rows if not _is_empty(self._cell(fld, r[1]))]
+                empty = [r for r in rows if _is_empty(self._cell(fld, r[1]))]
+                present.sort(key=lambda r, f=fld: self._sort_value(f, self._cell(f, r[1])), reverse=desc)
+                rows = present + empty  # not in the reference sheet: empty cells sort last either way
+            if len(table.matches) >= 16:
+                table.matches.clear()
+            table.matches[matches_key] = rows
         auto = data.get("automatic_fields") is True
         page = rows[offset : offset + size]
         result: dict[str, Any] = {
@@ -922,10 +943,24 @@ class FeishuEmulator:
             count[0] += 1
             parts.append(self._compile_condition(table, cond))
         parts += [self._compile_group(table, child, count, allow_children=False) for child in children]
-        if conjunction == "and":
-            return lambda rec: all(p(rec) for p in parts)
-        # not in the reference sheet: an empty "or" group matches everything, like an empty "and"
-        return lambda rec: not parts or any(p(rec) for p in parts)
+        # plain loops, not all()/any() over a generator: a search tests every row of the table with these
+        if conjunction == "and" or not parts:  # not in the reference sheet: an empty "or" matches everything
+
+            def every(rec: _Record) -> bool:
+                for part in parts:
+                    if not part(rec):
+                        return False
+                return True
+
+            return every
+
+        def some(rec: _Record) -> bool:
+            for part in parts:
+                if part(rec):
+                    return True
+            return False
+
+        return some
 
     def _compile_condition(self, table: _Table, cond: Any):
         if not isinstance(cond, dict):
@@ -946,8 +981,10 @@ class FeishuEmulator:
         if len(values) > MAX_VALUES:
             raise _bad_filter(f"at most {MAX_VALUES} values")
 
+        name = fld.name
+
         def cell(rec: _Record) -> Any:
-            return self._cell(fld, rec)
+            return rec.created if fld.type == CREATED_TIME else rec.fields.get(name)
 
         if op in ("isEmpty", "isNotEmpty"):
             if values:
@@ -977,10 +1014,27 @@ class FeishuEmulator:
             return lambda rec: _is_empty(cell(rec)) or cell(rec) != target_s
         if not values:
             raise _bad_filter(f"{op} needs a value")
+
         # not in the reference sheet: contains matches when any value is a substring (single select too)
-        if op == "contains":
-            return lambda rec: not _is_empty(cell(rec)) and any(v in cell(rec) for v in values)
-        return lambda rec: _is_empty(cell(rec)) or not any(v in cell(rec) for v in values)
+        def contains(rec: _Record) -> bool:
+            value = rec.fields.get(name)
+            if value is None or value == "":
+                return False
+            for v in values:
+                if v in value:
+                    return True
+            return False
+
+        def does_not_contain(rec: _Record) -> bool:
+            value = rec.fields.get(name)
+            if value is None or value == "":
+                return True
+            for v in values:
+                if v in value:
+                    return False
+            return True
+
+        return contains if op == "contains" else does_not_contain
 
     @staticmethod
     def _comparison(op: str, get: Any, target: Any):
@@ -1073,6 +1127,20 @@ class FeishuEmulator:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+
+    def close_connections(self) -> None:
+        """A stopped server answers nobody: kept-alive connections are cut too, not only the listener."""
+        with self.connections_lock:
+            for connection in self.connections:
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         if isinstance(sys.exc_info()[1], ConnectionError):
             return  # a client that timed out or hung up is not an emulator error
@@ -1083,6 +1151,16 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "FeishuEmulator/1.0"
     timeout = 60  # an idle keep-alive connection must not pin a thread forever
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.connections_lock:  # type: ignore[attr-defined]
+            self.server.connections.add(self.connection)  # type: ignore[attr-defined]
+
+    def finish(self) -> None:
+        with self.server.connections_lock:  # type: ignore[attr-defined]
+            self.server.connections.discard(self.connection)  # type: ignore[attr-defined]
+        super().finish()
 
     def do_GET(self) -> None:
         self._dispatch("GET")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import lark_oapi as lark
 import pytest
-from lark_oapi.core.token.manager import TokenManager
 
+from app.store.feishu import TokenManager  # through the edge: it imports lark_oapi without its ~11k services
 from tests.feishu.emulator import FeishuEmulator
+
+if TYPE_CHECKING:
+    import lark_oapi as lark
 
 __all__ = ["APP_ID", "APP_SECRET", "APP_TOKEN", "TABLE_ID", "clear_token_cache", "feishu", "lark_client"]
 
@@ -30,6 +33,8 @@ def clear_token_cache(app_id: str = APP_ID) -> None:
 
 
 def lark_client(emu: FeishuEmulator, timeout: float = 5) -> lark.Client:
+    import lark_oapi as lark  # the whole SDK, every service, only where a test drives the emulator with it
+
     return lark.Client.builder().app_id(emu.app_id).app_secret(emu.app_secret).domain(emu.url).timeout(timeout).build()
 
 

@@ -647,6 +647,41 @@ def test_filter_conjunctions_and_children(feishu, records, filter_info, expected
     assert {text(i) for i in records.search(search_req(filter_info)).data.items} == expected
 
 
+def test_a_repeated_search_follows_every_change_to_the_table(feishu, records):
+    (alpha, beta, _, delta) = feishu.insert_rows(APP_TOKEN, TABLE_ID, FILTER_ROWS)
+
+    def pending() -> list[str]:
+        found, token = [], None
+        while True:
+            data = records.search(
+                search_req(flt("and", cond("Status", "is", "PENDING")), page_size=2, page_token=token)
+            )
+            found += [text(i) for i in data.data.items or []]
+            if not data.data.has_more:
+                return found
+            token = data.data.page_token
+
+    assert pending() == ["alpha", "delta"]
+    assert records.batch_update(update_req([(beta, {"Status": "PENDING"})])).code == 0
+    assert pending() == ["alpha", "beta", "delta"]
+    assert records.batch_delete(delete_req([alpha])).code == 0
+    assert pending() == ["beta", "delta"]
+    assert records.batch_create(create_req([{"Identifier": "eps", "Status": "PENDING"}])).code == 0
+    assert pending() == ["beta", "delta", "eps"]
+    feishu.insert_rows(APP_TOKEN, TABLE_ID, [{"Identifier": "zeta", "Status": "PENDING"}])
+    assert pending() == ["beta", "delta", "eps", "zeta"]
+    assert records.batch_update(update_req([(delta, {"Status": "SUCCESS"})])).code == 0
+    assert pending() == ["beta", "eps", "zeta"]
+
+
+def test_a_stopped_emulator_answers_no_kept_alive_connection(feishu):
+    with httpx.Client(base_url=feishu.url, timeout=5) as http:
+        assert http.post("/open-apis/auth/v3/tenant_access_token/internal", json={}).status_code == 200
+        feishu.stop()
+        with pytest.raises(httpx.TransportError):
+            http.post("/open-apis/auth/v3/tenant_access_token/internal", json={})
+
+
 def ms(*args: int) -> int:
     return int(datetime(*args, tzinfo=UTC8).timestamp() * 1000)
 

@@ -1,6 +1,7 @@
 """What only the Bitable adapter promises: Feishu call economy, single writer, retries, reconciliation, shapes."""
 
 import asyncio
+import hashlib
 import itertools
 import json
 import logging
@@ -160,10 +161,36 @@ async def test_the_index_is_rebuilt_from_the_table_when_data_dir_is_wiped(feishu
     feishu.reset_calls()
     store = await open_store(feishu, tmp_path / "wiped")
     searches = [c for c in feishu.calls if c.endpoint == "search"]
-    assert len(searches) == 3  # 1,203 rows at 500 a page
+    assert len(searches) == 4  # four parts read at once, each under 500 rows
     stored = await store.add([new_task(n) for n in range(0, 1_301, 50)])
     assert sum(s.created for s in stored) == 2  # 1,250 and 1,300 are new
     assert len(feishu.rows(APP_TOKEN, TABLE_ID)) == 1_205
+    await store.close()
+
+
+async def test_the_rebuild_reads_every_row_once_and_indexes_each_identifier_typed_by_hand_too(feishu, tmp_path):
+    identifiers = [hashlib.sha256(str(n).encode()).hexdigest() for n in range(2_600)]
+    ids = feishu.insert_rows(APP_TOKEN, TABLE_ID, [{"Identifier": i, "Status": "PENDING"} for i in identifiers])
+    others = [{"Status": "PENDING"}, {"Identifier": ""}, {"Identifier": "typed by hand"}, {"Identifier": "AB" * 32}]
+    feishu.insert_rows(APP_TOKEN, TABLE_ID, others)
+    store = await open_store(feishu, tmp_path)
+    entries = store.index.lookup(identifiers)
+    assert {i: e.record_id for i, e in entries.items()} == dict(zip(identifiers, ids, strict=True))
+    assert store.index.count() == len(identifiers)
+    searches = [c for c in feishu.calls if c.endpoint == "search"]
+    assert len(searches) == 4 + 4  # four parts of ~650 rows: two pages each
+    rows_read = sum(c.n_records for c in searches)
+    assert len(identifiers) + 2 <= rows_read <= len(identifiers) + 4  # each row once; the two empty ones maybe
+    await store.close()
+
+
+async def test_the_rebuild_parts_search_under_the_rate_limit(feishu, tmp_path):
+    rows = [{"Identifier": hashlib.sha256(str(n).encode()).hexdigest()} for n in range(12_000)]
+    feishu.insert_rows(APP_TOKEN, TABLE_ID, rows)
+    feishu.latency = 0  # unpaced, four parts would send the ~28 pages in a fraction of a second
+    store = await open_store(feishu, tmp_path)
+    assert store.index.count() == 12_000
+    assert feishu.count("search") >= 24 and feishu.count("search", code=99991400) == 0
     await store.close()
 
 

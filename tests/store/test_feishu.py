@@ -1,0 +1,38 @@
+"""The vendor edge on its own: what it imports of the SDK, and how it paces calls under Feishu's rate limits."""
+
+import asyncio
+import subprocess
+import sys
+
+from app.store.feishu import FeishuTable
+from tests.feishu.fixtures import APP_TOKEN, TABLE_ID
+from tests.processes import ROOT
+
+SLIM_THEN_FULL = """
+import sys
+import app.store.feishu
+loaded = [name for name in sys.modules if name.startswith("lark_oapi")]
+assert "lark_oapi.api.im" not in sys.modules and "lark_oapi.client" not in sys.modules, loaded
+assert len(loaded) < 100, len(loaded)
+import lark_oapi as lark
+client = lark.Client.builder().app_id("a").app_secret("b").build()
+assert client.bitable.v1.app_table_record is not None and "lark_oapi.api.im" in sys.modules
+"""
+
+
+def test_the_edge_imports_only_the_sdk_core_and_the_whole_sdk_still_loads_when_used():
+    # a fresh interpreter: this one has the whole SDK loaded already by the emulator's tests
+    proc = subprocess.run([sys.executable, "-c", SLIM_THEN_FULL], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+async def test_searches_waiting_for_the_rate_limit_start_highest_priority_first(feishu):
+    feishu.insert_rows(APP_TOKEN, TABLE_ID, [{"Identifier": str(n)} for n in range(10)])
+    table = FeishuTable.build(feishu.app_id, feishu.app_secret, APP_TOKEN, TABLE_ID, feishu.url, timeout=5)
+    await table.search(page_size=1)  # the token, and the first pacing slot taken
+    feishu.reset_calls()
+    # the page size tells the searches apart in the emulator's log; all four wait for the next slot together
+    await asyncio.gather(*(table.search(page_size=size, priority=size) for size in (2, 5, 3, 4)))
+    started = sorted((c.t_start, c.n_records) for c in feishu.calls if c.endpoint == "search")
+    assert [size for _, size in started] == [5, 4, 3, 2]
+    await table.aclose()
