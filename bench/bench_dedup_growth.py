@@ -8,8 +8,8 @@ marked stored), for two stores side by side in this one run:
 - at 1M: a store whose index was filled beforehand with 1,000,000 identifiers straight through
   `IdentifierIndex.mark_stored` (chunks of 100,000, sorted within a chunk; sha256 of the canonical JSON of
   distinct payloads, as the service computes them), done in a child process so the filling does not count
-  in this process's memory. The fill uses `synchronous=OFF` and a bigger page cache on its own connection
-  only (scaffolding: the file is the same); the store then opens the file with its own settings.
+  in this process's memory. The fill uses a bigger page cache on its own connection only (scaffolding: the
+  file is the same); the store then opens the file with its own settings.
 
 One untimed warm-up batch each, then 15 rounds alternating which store goes first (A B, B A, ...) so drift on
 this noisy machine hits both; ratio = median at 1M / median at 0. The payloads are hashed into tasks
@@ -74,8 +74,7 @@ def _fill_index(conn: Connection, path: str, count: int) -> None:
     """Child process: put `count` identifiers into the index at `path`, mark it complete, report progress."""
     index = IdentifierIndex(Path(path))
     index.open()
-    index.db.execute("PRAGMA synchronous=OFF")  # this connection only: the filling is scaffolding
-    index.db.execute("PRAGMA cache_size=-65536")
+    index.db.execute("PRAGMA cache_size=-65536")  # this connection only: the filling is scaffolding
     for start in range(0, count, FILL_CHUNK):
         stop = min(start + FILL_CHUNK, count)
         index.mark_stored(sorted((task_identifier(fill_payload(n)), f"rec{n:014d}") for n in range(start, stop)))
