@@ -20,7 +20,6 @@ from typing import Any
 import httpx
 import pytest
 
-from app.store.index import State
 from tests.feishu.emulator import FeishuEmulator
 from tests.feishu.fixtures import APP_ID, APP_SECRET, APP_TOKEN, TABLE_ID, clear_token_cache
 from tests.processes import running_service, wait_until
@@ -83,7 +82,7 @@ def index_writing(data_dir: Path) -> set[str]:
     """Identifiers the index holds as WRITING (sent, answer not recorded), read-only beside a running service."""
     db = sqlite3.connect(f"file:{data_dir / f'index-{TABLE_ID}.db'}?mode=ro", uri=True)
     try:
-        rows = db.execute("SELECT identifier FROM identifiers WHERE state = ?", (int(State.WRITING),)).fetchall()
+        rows = db.execute("SELECT identifier FROM writing").fetchall()  # IdentifierIndex keeps reservations apart
     finally:
         db.close()
     return {key.hex() for (key,) in rows}
