@@ -18,7 +18,7 @@ before the clock starts: hashing costs the same at any index size.
 The Feishu emulator runs in a child process with latency 0 and its rate limits off, so the Feishu write
 (identical at both sizes) does not hide the dedup cost, and no 429 backoff can land in one arm: at the
 target's 100 ms per call the write would dominate both medians and flatter the ratio. It is still a real
-HTTP call through the lark SDK, so the medians include the SDK's request and answer handling.
+HTTP call through the service's Feishu edge, so the medians include its request and answer handling.
 
 The index writes a batch's marks to SQLite's WAL and copies them back into its file on a background thread
 (app/store/index.py): at 1M that copy, ~1,000 scattered pages, runs after the batch is answered, so it can

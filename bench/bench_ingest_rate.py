@@ -1,7 +1,8 @@
 """(b) Ingest rate with 1,000-task requests vs the single-writer ceiling.
 
-Ceiling: rows per second of raw lark-oapi `batch_create` calls of 1,000 rows, sent back to back (one in
-flight, as Feishu advises) to the emulator at 100 ms a call — the same SDK, rows of the same shape.
+Ceiling: rows per second of raw `batch_create` calls of 1,000 rows, sent back to back (one in flight, as
+Feishu advises) to the emulator at 100 ms a call — through the service's own Feishu edge (FeishuTable, one
+pooled HTTP client), rows of the same shape.
 Ours: `uvicorn app.main:app` in a subprocess on that emulator, 3 clients posting 1,000-task requests of
 new payloads, so the next batch is prepared while a write is in flight. Rounds alternate
 ceiling / ours and the best round of each is compared.

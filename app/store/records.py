@@ -1,22 +1,8 @@
-"""Small helpers both adapters share: record ids, timestamps, page tokens."""
+"""Small helpers both adapters share: timestamps, chunks and the SQLite file."""
 
-import secrets
 import sqlite3
-import string
 from datetime import UTC, datetime
 from pathlib import Path
-
-_ALPHABET = string.ascii_letters + string.digits
-
-
-def new_record_id() -> str:
-    """Same shape as Bitable's record ids, so clients see one format whichever store runs."""
-    number = int.from_bytes(secrets.token_bytes(11))  # one system call, not one per character
-    digits = []
-    for _ in range(14):
-        number, digit = divmod(number, 62)
-        digits.append(_ALPHABET[digit])
-    return "rec" + "".join(digits)
 
 
 def to_ms(moment: datetime) -> int:
