@@ -1025,16 +1025,7 @@ class FeishuEmulator:
                     return True
             return False
 
-        def does_not_contain(rec: _Record) -> bool:
-            value = rec.fields.get(name)
-            if value is None or value == "":
-                return True
-            for v in values:
-                if v in value:
-                    return False
-            return True
-
-        return contains if op == "contains" else does_not_contain
+        return contains if op == "contains" else lambda rec: not contains(rec)
 
     @staticmethod
     def _comparison(op: str, get: Any, target: Any):
