@@ -57,17 +57,10 @@ class IdentifierIndex(SqliteFile):
 
     def _upgrade(self) -> None:
         """Version 1 kept WRITING rows in `identifiers`: move them to `writing` (one scan of the file, once)."""
-        db = self.db
-        db.execute("PRAGMA synchronous=FULL")
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self.transaction(durable=True) as db:
             db.execute("INSERT OR IGNORE INTO writing SELECT identifier FROM identifiers WHERE state = 0")
             db.execute("DELETE FROM identifiers WHERE state = 0")
             db.execute(f"PRAGMA user_version = {_VERSION}")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
     def close(self) -> None:
         if self._checkpointer is not None:
@@ -143,16 +136,9 @@ class IdentifierIndex(SqliteFile):
         """Commit; fsync only when asked: a lost STORED mark reads as WRITING again and is reconciled."""
         if not any(rows for _, rows in statements):
             return
-        db = self.db
-        db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self.transaction(durable) as db:
             for sql, rows in statements:
                 db.executemany(sql, rows)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
         if self._checkpointer is not None:
             self._checkpointer.due()
 

@@ -43,17 +43,9 @@ class ClaimJournal(SqliteFile):
 
     def _write(self, sql: str, rows: list[tuple], durable: bool = False) -> None:
         """One transaction: the connection autocommits, so a bare executemany would commit (and fsync) per row."""
-        if not rows:
-            return
-        db = self.db
-        db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.executemany(sql, rows)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        if rows:
+            with self.transaction(durable) as db:
+                db.executemany(sql, rows)
 
     def unsettled(self) -> list[Claim]:
         rows = self.db.execute("SELECT record_id, attempts, published, owner FROM claims")

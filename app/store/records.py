@@ -1,6 +1,8 @@
 """Small helpers both adapters share: timestamps, chunks and the SQLite file."""
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -49,3 +51,16 @@ class SqliteFile:
         if self._db is None:
             raise RuntimeError(f"{self.path.name} is not open")
         return self._db
+
+    @contextmanager
+    def transaction(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE … COMMIT, which serializes writers across processes; fsynced only when durable."""
+        db = self.db
+        db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
