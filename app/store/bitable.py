@@ -596,11 +596,11 @@ def _reindex_parts() -> list[dict[str, Any]]:
         lacked = [pair for pairs, held in coins if not held for pair in pairs]
         filter_: dict[str, Any] = {
             "conjunction": "and",
-            "conditions": [_NOT_EMPTY, *(_condition("doesNotContain", pair) for pair in lacked)],
+            "conditions": [_NOT_EMPTY, *(_condition(IDENTIFIER, "doesNotContain", pair) for pair in lacked)],
         }
         if any(held for _, held in coins):
             filter_["children"] = [
-                {"conjunction": "or", "conditions": [_condition("contains", pair) for pair in pairs]}
+                {"conjunction": "or", "conditions": [_condition(IDENTIFIER, "contains", pair) for pair in pairs]}
                 for pairs, held in coins
                 if held
             ]
@@ -608,12 +608,12 @@ def _reindex_parts() -> list[dict[str, Any]]:
     return parts
 
 
-def _condition(operator: str, value: str) -> dict[str, Any]:
-    return {"field_name": IDENTIFIER, "operator": operator, "value": [value]}
+def _condition(field_name: str, operator: str, value: str) -> dict[str, Any]:
+    return {"field_name": field_name, "operator": operator, "value": [value]}
 
 
 def _is(field_name: str, value: str) -> dict[str, Any]:
-    return {"field_name": field_name, "operator": "is", "value": [value]}
+    return _condition(field_name, "is", value)
 
 
 def _status_is(status: TaskStatus) -> dict[str, Any]:
