@@ -165,7 +165,7 @@ class SqliteTaskStore:
             top, low = divmod(value, _LOW)
             if top != high:
                 high, prefix = top, "rec" + _digits(top, 5)
-            yield prefix + _PAIRS[low // len(_PAIRS)] + _PAIRS[low % len(_PAIRS)]
+            yield prefix + _digits(low, 2)
 
     async def lookup(self, identifiers: Sequence[str]) -> dict[str, str | None]:
         return await self._run(self._seen, identifiers)
