@@ -15,7 +15,7 @@ from typing import Any
 from app.config import Settings
 from app.errors import InvalidInput, StoreRejected, StoreUnavailable
 from app.models import NewTask, StatusChange, Stored, TaskPage, TaskRecord, TaskStatus
-from app.store.feishu import AlreadyApplied, FeishuTable, Page, RecordMissing
+from app.store.feishu import AlreadyApplied, FeishuTable, Page, RecordMissing, create_body
 from app.store.index import IdentifierIndex, State
 from app.store.records import chunked, from_ms, now_ms, to_ms
 
@@ -55,6 +55,17 @@ class _Job:
 
 
 @dataclass(slots=True)
+class _Write:
+    """A batch made ready for the table: its rows reserved in the index, its body encoded."""
+
+    jobs: list[_Job]
+    body: bytes
+
+
+_Outcome = tuple[list[_Job], dict[str, str] | Exception]  # rows, and their record ids or the error for them
+
+
+@dataclass(slots=True)
 class _Schema:
     types: dict[str, int] = field(default_factory=dict)
 
@@ -84,9 +95,11 @@ class BitableTaskStore:
         self._max_wait = max_wait_seconds
         self._schema = _Schema()
         self._write_lock = asyncio.Lock()  # the docs advise one write at a time per table
-        self._batch_taken = asyncio.Event()  # set (and replaced) each time the writer takes queued rows
+        self._turn = asyncio.Event()  # set (and replaced) each time the writer starts a write
         self._queue: deque[_Job] = deque()
         self._wake = asyncio.Event()
+        self._ready: asyncio.Queue[_Write] = asyncio.Queue(maxsize=1)  # the next write, prepared during this one
+        self._idle = asyncio.Event()  # the sender has nothing in flight or ready: a partial batch may close
         self._inflight: dict[str, asyncio.Future] = {}
         self._writer: asyncio.Task | None = None
         self._groups = 0
@@ -152,7 +165,7 @@ class BitableTaskStore:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
             self._writer = None
-            self._batch_taken.set()  # no writer to wait for any more
+            self._turn.set()  # no writer to wait for any more
         await self.table.aclose()
         self.index.close()
 
@@ -221,25 +234,52 @@ class BitableTaskStore:
         return fields
 
     async def _write_loop(self) -> None:
+        await asyncio.gather(self._prepare_loop(), self._send_loop())
+
+    async def _prepare_loop(self) -> None:
+        """Readies the next write while one is in flight: rows taken off the queue, reserved, their body encoded."""
         while True:
             await self._wake.wait()
-            await self._fill_batch()
+            if len(self._queue) < MAX_CREATE:  # a partial batch waits for the sender: rows arriving meanwhile join it
+                await self._idle.wait()
+                await self._fill_batch()
+            batch = [self._queue.popleft() for _ in range(min(MAX_CREATE, len(self._queue)))]
+            if not self._queue:
+                self._wake.clear()
+            try:
+                write = await self._prepare(batch)
+            except Exception as exc:  # the writer must outlive any one batch
+                log.exception("bitable writer: batch of %d failed", len(batch))
+                self._done(batch, exc=exc)
+                write = None
+            if write is None:
+                self._next_turn()
+                continue
+            await self._ready.put(write)
+            self._idle.clear()
+
+    async def _send_loop(self) -> None:
+        """One write in flight; the last one's marks and answers are settled while the next is on its way."""
+        answered: list[_Outcome] | None = None
+        while True:
+            if answered is not None and self._ready.empty():
+                await self._finish(answered)
+                answered = None
+            if self._ready.empty():
+                self._idle.set()
+            write = await self._ready.get()
+            self._idle.clear()
             async with self._write_lock:
-                batch = [self._queue.popleft() for _ in range(min(MAX_CREATE, len(self._queue)))]
-                if not self._queue:
-                    self._wake.clear()
-                self._batch_taken.set()
-                self._batch_taken = asyncio.Event()
+                self._next_turn()
                 self._creating = True
+                sending = asyncio.ensure_future(self._send(write))
                 try:
-                    await self._write_jobs(batch)
-                except Exception as exc:  # the writer must outlive any one batch
-                    log.exception("bitable writer: batch of %d failed", len(batch))
-                    _settle(batch, exc=exc)
+                    if answered is not None:
+                        await self._finish(answered)
+                    answered = await sending
                 finally:
                     self._creating = False
-                    for job in batch:
-                        self._inflight.pop(job.identifier, None)
+                    sending.cancel()  # a no-op once answered; at close the write in flight goes with the writer
 
     async def _fill_batch(self) -> None:
         """Hold the batch open so concurrent ingests share one call: writes, not waits, are the scarce resource.
@@ -256,45 +296,86 @@ class BitableTaskStore:
             if not streaming and len(self._queue) == before:
                 return
 
-    async def _write_jobs(self, batch: list[_Job]) -> None:
+    async def _prepare(self, batch: list[_Job]) -> "_Write | None":
+        """Answer rows an earlier write may have stored; reserve the rest in the index and encode their body."""
         uncertain = [job for job in batch if job.uncertain]
         if uncertain:
             found = await self._find_identifiers([job.identifier for job in uncertain])
-            self.index.mark_stored(found.items())
-            _settle([job for job in uncertain if job.identifier in found], found=found)
+            await asyncio.to_thread(self.index.mark_stored, found.items())
+            self._done([job for job in uncertain if job.identifier in found], found=found)
             batch = [job for job in batch if job.identifier not in found]
         if not batch:
-            return
-        try:
-            await self._create(batch)
-        except StoreRejected:
-            groups = {job.group for job in batch}
-            if len(groups) == 1:
-                raise
-            for group in groups:  # one request's bad row must not fail the requests it was batched with
-                jobs = [job for job in batch if job.group == group]
-                try:
-                    await self._create(jobs)
-                except StoreRejected as exc:
-                    _settle(jobs, exc=exc)
+            return None
+        # write-ahead, durable: a crash from here on is reconciled at start
+        await asyncio.to_thread(self.index.mark_writing, [job.identifier for job in batch])
+        return _Write(batch, create_body([job.row for job in batch]))
 
-    async def _create(self, jobs: list[_Job]) -> None:
-        identifiers = [job.identifier for job in jobs]
-        self.index.mark_writing(identifiers)  # write-ahead: a crash from here on is reconciled at start
+    async def _send(self, write: "_Write") -> list["_Outcome"]:
+        """What became of each group of rows: their record ids, or the error to answer them with."""
+        outcomes: list[_Outcome] = []
         try:
-            records = await self.table.batch_create([job.row for job in jobs], client_token=str(uuid.uuid4()))
+            try:
+                outcomes.append((write.jobs, await self._create(write.jobs, write.body)))
+            except StoreRejected:
+                groups = [[j for j in write.jobs if j.group == g] for g in dict.fromkeys(j.group for j in write.jobs)]
+                if len(groups) == 1:
+                    raise
+                for jobs in groups:  # one request's bad row must not fail the requests it was batched with
+                    try:
+                        outcomes.append((jobs, await self._create(jobs, create_body([job.row for job in jobs]))))
+                    except StoreRejected as exc:
+                        outcomes.append((jobs, exc))
+        except Exception as exc:  # the writer must outlive any one batch
+            log.exception("bitable writer: batch of %d failed", len(write.jobs))
+            answered = {id(job) for jobs, _ in outcomes for job in jobs}
+            outcomes.append(([job for job in write.jobs if id(job) not in answered], exc))
+        return outcomes
+
+    async def _create(self, jobs: list[_Job], body: bytes) -> dict[str, str]:
+        try:
+            return _match_created(jobs, await self.table.batch_create(body, client_token=str(uuid.uuid4())))
         except AlreadyApplied:
-            found = await self._find_identifiers(identifiers)
-        except StoreRejected:
-            self.index.forget_writing(identifiers)
-            raise
-        else:
-            found = _match_created(jobs, records)
-        self.index.mark_stored(found.items())
-        _settle(jobs, found=found, created=True)
-        lost = [job for job in jobs if not job.future.done()]
-        if lost:
-            _settle(lost, exc=StoreUnavailable("Feishu did not confirm every row of a write; send them again"))
+            return await self._find_identifiers([job.identifier for job in jobs])
+
+    async def _finish(self, outcomes: list["_Outcome"]) -> None:
+        """Mark in the index what the table answered, then answer the requests: a lost mark reads as WRITING."""
+        for jobs, outcome in outcomes:
+            try:
+                if isinstance(outcome, dict):
+                    await asyncio.to_thread(self.index.mark_stored, outcome.items())
+                elif isinstance(outcome, StoreRejected):  # refused: nothing of it was written
+                    await asyncio.to_thread(self.index.forget_writing, [job.identifier for job in jobs])
+            except Exception as exc:
+                log.exception("bitable writer: the index could not record a batch of %d", len(jobs))
+                outcome = exc
+            if isinstance(outcome, dict):
+                self._done(jobs, found=outcome, created=True)
+            else:
+                self._done(jobs, exc=outcome)
+
+    def _done(
+        self,
+        jobs: Sequence[_Job],
+        *,
+        found: dict[str, str] | None = None,
+        created: bool = False,
+        exc: BaseException | None = None,
+    ) -> None:
+        """Answer each waiting request once; a row the table did not confirm is answered as unavailable."""
+        missing = exc or StoreUnavailable("Feishu did not confirm every row of a write; send them again")
+        for job in jobs:
+            self._inflight.pop(job.identifier, None)
+            if job.future.done():
+                continue
+            if found is not None and job.identifier in found:
+                job.future.set_result(Stored(job.identifier, found[job.identifier], created=created))
+            else:
+                job.future.set_exception(missing)
+
+    def _next_turn(self) -> None:
+        """A write starts (or a batch needed none): a status update that let queued rows go first may go now."""
+        self._turn.set()
+        self._turn = asyncio.Event()
 
     async def _reconcile_writing(self) -> None:
         """Settle writes a crash or an outage left unanswered: keep what landed, forget the rest."""
@@ -349,8 +430,9 @@ class BitableTaskStore:
                     rows = [row for row in rows if row[0] in existing]
                     if rows:
                         await self.table.batch_update(rows)
-            self.index.mark_stored(
-                [(c.identifier, c.record_id) for c in chunk if c.identifier and c.record_id not in not_found]
+            await asyncio.to_thread(
+                self.index.mark_stored,
+                [(c.identifier, c.record_id) for c in chunk if c.identifier and c.record_id not in not_found],
             )
         return not_found
 
@@ -358,8 +440,8 @@ class BitableTaskStore:
     async def _update_turn(self) -> AsyncIterator[None]:
         """The write lock, after the rows already queued for the writer: a scraper waits on its ingest's answer,
         while a claim or a status report is background work. Bounded: it lets one batch go first, not a stream."""
-        if self._queue and self._writer is not None and not self._writer.done():
-            await self._batch_taken.wait()
+        if (self._queue or not self._ready.empty()) and self._writer is not None and not self._writer.done():
+            await self._turn.wait()
         async with self._write_lock:
             yield
 
@@ -438,7 +520,9 @@ class BitableTaskStore:
             if not (token := page.page_token):
                 break
         # pruned in the index first: a crash between the two must not let a deleted task come back
-        self.index.mark_pruned([identifier for _, identifier in doomed if _is_identifier(identifier)])
+        await asyncio.to_thread(
+            self.index.mark_pruned, [identifier for _, identifier in doomed if _is_identifier(identifier)]
+        )
         for chunk in chunked([record_id for record_id, _ in doomed], MAX_DELETE):
             async with self._write_lock:
                 await self.table.batch_delete(chunk)
@@ -447,21 +531,20 @@ class BitableTaskStore:
     async def reindex(self) -> int:
         """Read every Identifier into the index, in parallel parts; identifiers already known stay."""
         self.index.mark_complete(False)
-        writing = asyncio.Lock()  # one index transaction at a time
         census = self.table.search(
             filter_={"conjunction": "and", "conditions": [_NOT_EMPTY]}, field_names=[IDENTIFIER], page_size=1
         )
         *totals, expected = await _gather_cancelling(
-            *(self._reindex_part(filter_, writing) for filter_ in _reindex_parts()), census
+            *(self._reindex_part(filter_) for filter_ in _reindex_parts()), census
         )
         if None in totals or sum(totals) != expected.total:
             # the parts rest on `contains` being a substring test, which the reference sheet does not spell out
             log.warning("index rebuild: the parts held %s rows, the table %s; reading it whole", totals, expected.total)
-            await self._reindex_part(None, writing)
+            await self._reindex_part(None)
         self.index.mark_complete(True)
         return self.index.count()
 
-    async def _reindex_part(self, filter_: dict[str, Any] | None, writing: asyncio.Lock) -> int | None:
+    async def _reindex_part(self, filter_: dict[str, Any] | None) -> int | None:
         """Page through one part, answering its total; a page goes into the index while the next is on its way."""
 
         def fetch(token: str | None, rows_left: float) -> asyncio.Future[Page]:
@@ -478,8 +561,8 @@ class BitableTaskStore:
             following = fetch(page.page_token, (page.total or 0) - read) if page.page_token else None
             try:
                 pairs = [(_plain(fields.get(IDENTIFIER)), rid) for rid, fields in page.records]
-                async with writing:  # in a thread: ~15 ms of SQLite a page would hold up the other parts' calls
-                    await asyncio.to_thread(self.index.mark_stored, [(i, r) for i, r in pairs if _is_identifier(i)])
+                # in a thread: ~15 ms of SQLite a page would hold up the other parts' calls
+                await asyncio.to_thread(self.index.mark_stored, [(i, r) for i, r in pairs if _is_identifier(i)])
             except BaseException:
                 if following is not None:
                     following.cancel()
@@ -639,19 +722,3 @@ def _match_created(jobs: list[_Job], records: list[tuple[str, dict[str, Any]]]) 
     if len(found) < len(jobs) and len(records) == len(jobs):
         found = {job.identifier: record_id for job, (record_id, _) in zip(jobs, records, strict=True)}
     return found
-
-
-def _settle(
-    jobs: Sequence[_Job],
-    *,
-    found: dict[str, str] | None = None,
-    created: bool = False,
-    exc: BaseException | None = None,
-) -> None:
-    for job in jobs:
-        if job.future.done():
-            continue
-        if exc is not None:
-            job.future.set_exception(exc)
-        elif found is not None and job.identifier in found:
-            job.future.set_result(Stored(job.identifier, found[job.identifier], created=created))

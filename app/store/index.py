@@ -45,6 +45,7 @@ class IdentifierIndex(SqliteFile):
     def __init__(self, path: Path):
         super().__init__(path, _SCHEMA)
         self._checkpointer: _Checkpointer | None = None
+        self._reader: sqlite3.Connection | None = None  # lookups never meet a mark's transaction on another thread
 
     def open(self) -> None:
         super().open()
@@ -54,6 +55,7 @@ class IdentifierIndex(SqliteFile):
         if db.execute("PRAGMA user_version").fetchone()[0] < _VERSION:
             self._upgrade()
         self._checkpointer = _Checkpointer(self.path)
+        self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
 
     def _upgrade(self) -> None:
         """Version 1 kept WRITING rows in `identifiers`: move them to `writing` (one scan of the file, once)."""
@@ -66,6 +68,9 @@ class IdentifierIndex(SqliteFile):
         if self._checkpointer is not None:
             self._checkpointer.close()
             self._checkpointer = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         super().close()
 
     @property
@@ -74,17 +79,20 @@ class IdentifierIndex(SqliteFile):
         return row is not None and row[0] == "1"
 
     def mark_complete(self, complete: bool) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('complete', ?)", ("1" if complete else "0",))
+        self._write([("INSERT OR REPLACE INTO meta VALUES ('complete', ?)", [("1" if complete else "0",)])])
 
     def lookup(self, identifiers: Sequence[str]) -> dict[str, Entry]:
+        """What the last committed marks say; a write still in flight is the caller's to know."""
+        if self._reader is None:
+            raise RuntimeError(f"{self.path.name} is not open")
         found = {}
         for chunk in chunked([bytes.fromhex(i) for i in identifiers], _CHUNK):
             marks = ",".join("?" * len(chunk))
-            for key, record_id, state in self.db.execute(
+            for key, record_id, state in self._reader.execute(
                 f"SELECT identifier, record_id, state FROM identifiers WHERE identifier IN ({marks})", chunk
             ):
                 found[key.hex()] = Entry(record_id, State(state))
-            for (key,) in self.db.execute(f"SELECT identifier FROM writing WHERE identifier IN ({marks})", chunk):
+            for (key,) in self._reader.execute(f"SELECT identifier FROM writing WHERE identifier IN ({marks})", chunk):
                 found[key.hex()] = Entry(None, State.WRITING)  # the latest mark: a write is in flight
         return found
 

@@ -13,6 +13,7 @@ from app.errors import StoreRejected, StoreUnavailable
 from app.models import StatusChange, TaskStatus
 from app.store import bitable as bitable_module
 from app.store.bitable import BitableTaskStore
+from app.store.feishu import create_body
 from app.store.index import State
 from tests.conftest import bitable_settings
 from tests.feishu.fixtures import APP_TOKEN, TABLE_ID
@@ -82,6 +83,22 @@ async def test_rows_queued_for_the_writer_go_before_a_status_update(feishu, tmp_
     await store.close()
 
 
+async def test_the_next_batch_is_reserved_while_a_write_is_in_flight(feishu, tmp_path):
+    store = await open_store(feishu, tmp_path, feishu_write_linger_ms=0)
+    feishu.reset_calls()
+    feishu.latency = 1.0  # a wide window: the second batch must be ready long before the first write answers
+    first, second = ([new_task(n) for n in range(start, start + 1_000)] for start in (0, 1_000))
+    adds = asyncio.gather(store.add(first), store.add(second))
+    second_ids = [task.identifier for task in second]
+    while len(store.index.lookup(second_ids)) < len(second_ids):  # all WRITING: reserved, ready to send
+        assert feishu.count("batch_create") == 0, "the second batch was prepared only after the first write answered"
+        await asyncio.sleep(0.01)
+    assert feishu.count("batch_create") == 0
+    assert all(s.created for stored in await adds for s in stored)
+    assert feishu.count("batch_create") == 2
+    await store.close()
+
+
 @pytest.mark.parametrize("fault", TRANSIENT_FAULTS)
 async def test_transient_faults_are_retried_until_the_write_lands_once(bitable_store, feishu, fault):
     feishu.add_fault(fault, endpoint="batch_create", times=2)
@@ -143,7 +160,9 @@ async def test_a_crash_between_write_and_index_is_reconciled_at_start(feishu, tm
     store = await open_store(feishu, tmp_path)
     landed, lost = new_task(1), new_task(2)
     store.index.mark_writing([landed.identifier, lost.identifier])
-    await store.table.batch_create([store._row(landed, 0)], client_token="c3f4a2d8-0000-4000-8000-000000000001")
+    await store.table.batch_create(
+        create_body([store._row(landed, 0)]), client_token="c3f4a2d8-0000-4000-8000-000000000001"
+    )
     await store.close()  # "crash": the index still says WRITING for both
     store = await open_store(feishu, tmp_path)
     entries = store.index.lookup([landed.identifier, lost.identifier])
