@@ -19,8 +19,9 @@ so both sides see the same machine noise; in a round both get the same bodies, e
 The pool grows by 20,000 rows a round (120,800 at the end), so ours is measured over that range of sizes.
 
 Result "d": ratio = ours / bare in tasks per second (totals over all rounds), met when ≥ 0.6. The details also
-give the per-round ratios' median and range, and how busy the load generator was (its CPU seconds per wall
-second): on 2 cores a saturated client would cap the bare side and flatter the ratio.
+give the per-round ratios' median and range, how busy the load generator was (its CPU seconds per wall
+second: on 2 cores a saturated client would cap the bare side and flatter the ratio), and each server's CPU
+time per request (user + system, all threads, from /proc): what the work costs, apart from how it overlaps.
 
 python -m bench.bench_embedded_ingest [--smoke]
 """
@@ -75,7 +76,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextmanager
-def bare_process(workdir: Path) -> Iterator[str]:
+def bare_process(workdir: Path) -> Iterator[tuple[str, subprocess.Popen]]:
     """The bare app under uvicorn in its own process, lean as it gets: no access log."""
     from tests.processes import free_port, wait_until
 
@@ -113,7 +114,7 @@ def bare_process(workdir: Path) -> Iterator[str]:
 
     try:
         wait_until(healthy, 60, "the bare app to answer /healthz")
-        yield url
+        yield url, proc
     finally:
         _stop(proc)
 
@@ -170,13 +171,25 @@ async def drive(clients: list[httpx.AsyncClient], bodies: list[bytes], expect: b
 # ---- the benchmark ---------------------------------------------------------------------------------------
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, every thread) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def measure(
-    urls: dict[str, str], warmup: list[bytes], round_bodies: list[list[bytes]], concurrency: int, progress
-) -> tuple[dict[str, float], dict[str, float], list[float]]:
-    """Interleaved rounds; answers wall seconds and load-generator CPU seconds per side, and per-round ratios."""
+    urls: dict[str, str],
+    pids: dict[str, int],
+    warmup: list[bytes],
+    round_bodies: list[list[bytes]],
+    concurrency: int,
+    progress,
+) -> tuple[dict[str, float], dict[str, float], dict[str, float], list[float]]:
+    """Interleaved rounds; answers wall seconds, load-generator and server CPU seconds per side, and round ratios."""
     expect = {"bare": b'"received":100', "ours": b'"created":100,'}
     seconds = {"bare": 0.0, "ours": 0.0}
     client_cpu = {"bare": 0.0, "ours": 0.0}
+    server_cpu = {"bare": 0.0, "ours": 0.0}
     ratios: list[float] = []
     clients = {
         side: [httpx.AsyncClient(base_url=url, timeout=120) for _ in range(concurrency)] for side, url in urls.items()
@@ -188,9 +201,10 @@ async def measure(
             rates = {}
             for side in ("bare", "ours"):
                 task = progress.add_task(f"round {r + 1}/{len(round_bodies)} {side}", total=len(bodies))
-                cpu = time.process_time()
+                cpu, served = time.process_time(), process_cpu(pids[side])
                 took = await drive(clients[side], bodies, expect[side], lambda t=task: progress.advance(t))
                 client_cpu[side] += time.process_time() - cpu
+                server_cpu[side] += process_cpu(pids[side]) - served
                 seconds[side] += took
                 rates[side] = len(bodies) * TASKS_PER_REQUEST / took
             ratios.append(rates["ours"] / rates["bare"])
@@ -202,7 +216,7 @@ async def measure(
         for side_clients in clients.values():
             for client in side_clients:
                 await client.aclose()
-    return seconds, client_cpu, ratios
+    return seconds, client_cpu, server_cpu, ratios
 
 
 def main() -> None:
@@ -210,7 +224,7 @@ def main() -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from bench.common import Result, peak_rss_mb, smoke_flag
-    from tests.processes import service_process
+    from tests.processes import running_service
 
     smoke = smoke_flag()
     rounds, per_round, concurrency = (1, 6, 2) if smoke else (6, 200, 4)
@@ -231,8 +245,8 @@ def main() -> None:
     }
     try:
         with (
-            service_process(env, workdir) as ours_url,
-            bare_process(workdir) as bare_url,
+            running_service(env, workdir) as (ours_url, ours_proc),
+            bare_process(workdir) as (bare_url, bare_proc),
             Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
@@ -242,7 +256,10 @@ def main() -> None:
             ) as progress,
         ):
             urls = {"bare": bare_url, "ours": ours_url}
-            seconds, client_cpu, ratios = asyncio.run(measure(urls, warmup, round_bodies, concurrency, progress))
+            pids = {"bare": bare_proc.pid, "ours": ours_proc.pid}
+            seconds, client_cpu, server_cpu, ratios = asyncio.run(
+                measure(urls, pids, warmup, round_bodies, concurrency, progress)
+            )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -267,6 +284,8 @@ def main() -> None:
             "pool_rows_at_end": tasks + len(warmup) * TASKS_PER_REQUEST,
             "client_cpu_per_wall_s": f"bare {client_cpu['bare'] / seconds['bare']:.2f}, "
             f"ours {client_cpu['ours'] / seconds['ours']:.2f}",
+            "server_cpu_ms_per_request": f"bare {1000 * server_cpu['bare'] / (rounds * per_round):.2f}, "
+            f"ours {1000 * server_cpu['ours'] / (rounds * per_round):.2f}",
             "peak_rss_mb_bench": round(peak_rss_mb()),
             "smoke": smoke,
         },
