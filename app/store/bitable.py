@@ -195,13 +195,14 @@ class BitableTaskStore:
         if mine:
             self._streaming = self._streaming or self._creating  # not a claim's update: that is no stream
             self._wake.set()
-        # shielded: a client that hangs up must not cancel a write other requests share
-        outcomes = await asyncio.gather(*(asyncio.shield(f) for f in waits.values()), return_exceptions=True)
+        if waits:  # asyncio.wait never cancels what it waits for: a client that hangs up leaves the shared write be
+            await asyncio.wait(waits.values())
         failure: BaseException | None = None
-        for identifier, outcome in zip(waits, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                failure = failure or outcome
+        for identifier, future in waits.items():
+            if (exc := future.exception()) is not None:
+                failure = failure or exc
                 continue
+            outcome = future.result()
             results[identifier] = Stored(identifier, outcome.record_id, outcome.created and identifier in mine)
         if isinstance(failure, StoreUnavailable):  # a fresh error: the writer's one is shared by every waiter
             raise StoreUnavailable(

@@ -99,6 +99,21 @@ async def test_the_next_batch_is_reserved_while_a_write_is_in_flight(feishu, tmp
     await store.close()
 
 
+async def test_a_request_that_hangs_up_leaves_the_write_it_shares_to_the_others(feishu, tmp_path):
+    store = await open_store(feishu, tmp_path, feishu_write_linger_ms=0)
+    feishu.latency = 0.2
+    tasks = [new_task(n) for n in range(5)]
+    leaving = asyncio.create_task(store.add(tasks))
+    staying = asyncio.create_task(store.add(tasks))
+    await asyncio.sleep(0)  # both have queued or joined the rows and wait on the same write
+    leaving.cancel()
+    stored = await staying
+    assert leaving.cancelled()
+    rows = feishu.rows(APP_TOKEN, TABLE_ID)
+    assert {s.record_id for s in stored} == set(rows) and len(rows) == 5
+    await store.close()
+
+
 @pytest.mark.parametrize("fault", TRANSIENT_FAULTS)
 async def test_transient_faults_are_retried_until_the_write_lands_once(bitable_store, feishu, fault):
     feishu.add_fault(fault, endpoint="batch_create", times=2)
