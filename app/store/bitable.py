@@ -130,13 +130,29 @@ class BitableTaskStore:
     # ---- lifecycle ------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        await self.load_schema()
         self.index.open()
-        if not self.index.complete:
-            log.warning("identifier index missing or incomplete: rebuilding it from the table")
-            await self.reindex()
-        await self._reconcile_writing()
+        try:
+            if self.index.complete:
+                await self.load_schema()
+            else:
+                log.warning("identifier index missing or incomplete: rebuilding it from the table")
+                await self._rebuild_and_load_schema()
+            await self._reconcile_writing()
+        except BaseException:
+            self.index.close()
+            raise
         self._writer = asyncio.create_task(self._write_loop(), name="bitable-writer")
+
+    async def _rebuild_and_load_schema(self) -> None:
+        """The rebuild reads only Identifier: it starts beside the schema check, whose refusal names the columns."""
+        rebuild = asyncio.ensure_future(self.reindex())
+        try:
+            await self.load_schema()
+        except BaseException:
+            rebuild.cancel()
+            await asyncio.gather(rebuild, return_exceptions=True)
+            raise
+        await rebuild
 
     async def load_schema(self) -> None:
         self._schema = _Schema({f.name: f.type for f in await self.table.list_fields()})

@@ -183,6 +183,7 @@ class FeishuTable:
         self._pacers = {endpoint: _Pacer(rate) for endpoint, rate in _RATE_LIMITS.items()}
         self._http: httpx.AsyncClient | None = None
         self._http_loop: asyncio.AbstractEventLoop | None = None
+        self._token_fetch: asyncio.Future[str] | None = None
         self.calls = 0  # every HTTP attempt to the Bitable API, for tests and benchmarks
 
     @classmethod
@@ -383,10 +384,17 @@ class FeishuTable:
         return f"self_tenant_token:{self._config.app_id}"
 
     async def _tenant_token(self) -> str:
-        """The SDK's cached tenant token; a fetch runs in a thread, as the SDK fetches it with blocking `requests`."""
+        """The SDK's cached tenant token; calls that find none share one fetch (the SDK's cache has no lock)."""
         token = TokenManager.cache.get(self._token_key())
         if token:
             return token
+        fetching = self._token_fetch
+        if fetching is None or fetching.done() or fetching.get_loop() is not asyncio.get_running_loop():
+            fetching = self._token_fetch = asyncio.ensure_future(self._fetch_token())
+        return await asyncio.shield(fetching)  # a caller that gives up leaves the fetch to the others
+
+    async def _fetch_token(self) -> str:
+        """A fetch runs in a thread, as the SDK fetches it with blocking `requests`."""
         try:
             return await asyncio.to_thread(TokenManager.get_self_tenant_token, self._config)
         except ObtainAccessTokenException as exc:

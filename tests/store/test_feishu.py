@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from app.store.feishu import FeishuTable
-from tests.feishu.fixtures import APP_TOKEN, TABLE_ID
+from tests.feishu.fixtures import APP_TOKEN, TABLE_ID, clear_token_cache
 from tests.processes import ROOT
 
 SLIM_THEN_FULL = """
@@ -35,4 +35,14 @@ async def test_searches_waiting_for_the_rate_limit_start_highest_priority_first(
     await asyncio.gather(*(table.search(page_size=size, priority=size) for size in (2, 5, 3, 4)))
     started = sorted((c.t_start, c.n_records) for c in feishu.calls if c.endpoint == "search")
     assert [size for _, size in started] == [5, 4, 3, 2]
+    await table.aclose()
+
+
+async def test_calls_that_find_no_token_share_one_fetch(feishu):
+    table = FeishuTable.build(feishu.app_id, feishu.app_secret, APP_TOKEN, TABLE_ID, feishu.url, timeout=5)
+    for _ in range(2):  # at start, and again after the token was forgotten
+        clear_token_cache(feishu.app_id)
+        feishu.reset_calls()
+        await asyncio.gather(*(table.list_fields() for _ in range(5)))
+        assert (feishu.count("token"), feishu.count("fields_list")) == (1, 5)
     await table.aclose()
