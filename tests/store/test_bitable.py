@@ -99,6 +99,20 @@ async def test_the_next_batch_is_reserved_while_a_write_is_in_flight(feishu, tmp
     await store.close()
 
 
+async def test_small_requests_arriving_during_a_write_wait_for_it_and_share_the_next(feishu, tmp_path):
+    store = await open_store(feishu, tmp_path, feishu_write_linger_ms=10, feishu_write_max_wait_ms=50)
+    feishu.reset_calls()
+    feishu.latency = 1.0  # the small requests all arrive while the first write is in flight
+    first = asyncio.create_task(store.add([new_task(n) for n in range(1_000)]))
+    small = []
+    for c in range(8):
+        await asyncio.sleep(0.02)  # spread out: each gap is longer than the linger and wait of a batch
+        small.append(asyncio.create_task(store.add([new_task(1_000 + c * 40 + n) for n in range(40)])))
+    await asyncio.gather(first, *small)
+    assert [c.n_records for c in feishu.calls if c.endpoint == "batch_create"] == [1_000, 320]
+    await store.close()
+
+
 async def test_a_request_that_hangs_up_leaves_the_write_it_shares_to_the_others(feishu, tmp_path):
     store = await open_store(feishu, tmp_path, feishu_write_linger_ms=0)
     feishu.latency = 0.2
