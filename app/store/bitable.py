@@ -95,11 +95,12 @@ class BitableTaskStore:
         self._max_wait = max_wait_seconds
         self._schema = _Schema()
         self._write_lock = asyncio.Lock()  # the docs advise one write at a time per table
-        self._turn = asyncio.Event()  # set (and replaced) each time the writer starts a write
+        self._turn = asyncio.Event()  # set (and replaced) when a write starts, or a batch turns out to need none
         self._queue: deque[_Job] = deque()
         self._wake = asyncio.Event()
         self._ready: asyncio.Queue[_Write] = asyncio.Queue(maxsize=1)  # the next write, prepared during this one
         self._idle = asyncio.Event()  # the sender has nothing in flight or ready: a partial batch may close
+        self._preparing = False  # the preparer holds rows taken off the queue
         self._inflight: dict[str, asyncio.Future] = {}
         self._writer: asyncio.Task | None = None
         self._groups = 0
@@ -130,8 +131,8 @@ class BitableTaskStore:
     # ---- lifecycle ------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        self.index.open()
         try:
+            self.index.open()
             if self.index.complete:
                 await self.load_schema()
             else:
@@ -182,6 +183,10 @@ class BitableTaskStore:
             await asyncio.gather(self._writer, return_exceptions=True)
             self._writer = None
             self._turn.set()  # no writer to wait for any more
+        stopping = StoreUnavailable("the service is stopping; send the request again", retry_after=5)
+        for future in self._inflight.values():  # unsent, or sent and unrecorded: reconciled at the next start
+            if not future.done():
+                _fail(future, stopping)
         await self.table.aclose()
         self.index.close()
 
@@ -251,28 +256,36 @@ class BitableTaskStore:
         return fields
 
     async def _write_loop(self) -> None:
-        await asyncio.gather(self._prepare_loop(), self._send_loop())
+        async with asyncio.TaskGroup() as loops:  # one loop failing stops the other: no half a writer
+            loops.create_task(self._prepare_loop())
+            loops.create_task(self._send_loop())
 
     async def _prepare_loop(self) -> None:
         """Readies the next write while one is in flight: rows taken off the queue, reserved, their body encoded."""
         while True:
             await self._wake.wait()
+            while self._ready.full():  # one write ready at a time: a second could not go sooner
+                await self._turn.wait()
             if len(self._queue) < MAX_CREATE:  # a partial batch waits for the sender: rows arriving meanwhile join it
                 await self._idle.wait()
                 await self._fill_batch()
+            else:
+                self._streaming = False  # a full batch: the next one looks at new arrivals afresh
             batch = [self._queue.popleft() for _ in range(min(MAX_CREATE, len(self._queue)))]
             if not self._queue:
                 self._wake.clear()
+            self._preparing = True
             try:
                 write = await self._prepare(batch)
             except Exception as exc:  # the writer must outlive any one batch
                 log.exception("bitable writer: batch of %d failed", len(batch))
                 self._done(batch, exc=exc)
                 write = None
+            self._preparing = False
             if write is None:
                 self._next_turn()
                 continue
-            await self._ready.put(write)
+            self._ready.put_nowait(write)  # the slot is free: only this loop fills it
             self._idle.clear()
 
     async def _send_loop(self) -> None:
@@ -286,17 +299,21 @@ class BitableTaskStore:
                 self._idle.set()
             write = await self._ready.get()
             self._idle.clear()
-            async with self._write_lock:
-                self._next_turn()
-                self._creating = True
-                sending = asyncio.ensure_future(self._send(write))
-                try:
-                    if answered is not None:
-                        await self._finish(answered)
-                    answered = await sending
-                finally:
-                    self._creating = False
-                    sending.cancel()  # a no-op once answered; at close the write in flight goes with the writer
+            # not behind the lock: an update queued for it must not hold up answers already in hand
+            finishing = asyncio.ensure_future(self._finish(answered)) if answered is not None else None
+            try:
+                async with self._write_lock:
+                    self._next_turn()
+                    self._creating = True
+                    try:
+                        answered = await self._send(write)
+                    finally:
+                        self._creating = False
+                if finishing is not None:
+                    await finishing
+            finally:
+                if finishing is not None:
+                    finishing.cancel()  # a no-op once done; at close, what it had not settled is failed there
 
     async def _fill_batch(self) -> None:
         """Hold the batch open so concurrent ingests share one call: writes, not waits, are the scarce resource.
@@ -323,9 +340,10 @@ class BitableTaskStore:
             batch = [job for job in batch if job.identifier not in found]
         if not batch:
             return None
+        body = create_body([job.row for job in batch])
         # write-ahead, durable: a crash from here on is reconciled at start
         await asyncio.to_thread(self.index.mark_writing, [job.identifier for job in batch])
-        return _Write(batch, create_body([job.row for job in batch]))
+        return _Write(batch, body)
 
     async def _send(self, write: "_Write") -> list["_Outcome"]:
         """What became of each group of rows: their record ids, or the error to answer them with."""
@@ -387,7 +405,7 @@ class BitableTaskStore:
             if found is not None and job.identifier in found:
                 job.future.set_result(Stored(job.identifier, found[job.identifier], created=created))
             else:
-                job.future.set_exception(missing)
+                _fail(job.future, missing)
 
     def _next_turn(self) -> None:
         """A write starts (or a batch needed none): a status update that let queued rows go first may go now."""
@@ -457,7 +475,8 @@ class BitableTaskStore:
     async def _update_turn(self) -> AsyncIterator[None]:
         """The write lock, after the rows already queued for the writer: a scraper waits on its ingest's answer,
         while a claim or a status report is background work. Bounded: it lets one batch go first, not a stream."""
-        if (self._queue or not self._ready.empty()) and self._writer is not None and not self._writer.done():
+        waiting = self._queue or self._preparing or not self._ready.empty()
+        if waiting and self._writer is not None and not self._writer.done():
             await self._turn.wait()
         async with self._write_lock:
             yield
@@ -726,6 +745,11 @@ def _filter_chunks(identifiers: list[str]) -> list[list[str]]:
     per = len(json.dumps(_is(IDENTIFIER, "0" * 64))) + 2
     size = max(1, min(MAX_CONDITIONS, (MAX_FILTER_CHARS - overhead) // per))
     return [identifiers[i : i + size] for i in range(0, len(identifiers), size)]
+
+
+def _fail(future: asyncio.Future, exc: BaseException) -> None:
+    future.set_exception(exc)
+    future.exception()  # read: a request that hung up never will, and asyncio would log it as lost at exit
 
 
 def _match_created(jobs: list[_Job], records: list[tuple[str, dict[str, Any]]]) -> dict[str, str]:

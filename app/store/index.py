@@ -83,17 +83,22 @@ class IdentifierIndex(SqliteFile):
 
     def lookup(self, identifiers: Sequence[str]) -> dict[str, Entry]:
         """What the last committed marks say; a write still in flight is the caller's to know."""
-        if self._reader is None:
+        reader = self._reader
+        if reader is None:
             raise RuntimeError(f"{self.path.name} is not open")
         found = {}
-        for chunk in chunked([bytes.fromhex(i) for i in identifiers], _CHUNK):
-            marks = ",".join("?" * len(chunk))
-            for key, record_id, state in self._reader.execute(
-                f"SELECT identifier, record_id, state FROM identifiers WHERE identifier IN ({marks})", chunk
-            ):
-                found[key.hex()] = Entry(record_id, State(state))
-            for (key,) in self._reader.execute(f"SELECT identifier FROM writing WHERE identifier IN ({marks})", chunk):
-                found[key.hex()] = Entry(None, State.WRITING)  # the latest mark: a write is in flight
+        reader.execute("BEGIN")  # one snapshot: a mark committed between the two reads would hide its identifier
+        try:
+            for chunk in chunked([bytes.fromhex(i) for i in identifiers], _CHUNK):
+                marks = ",".join("?" * len(chunk))
+                for key, record_id, state in reader.execute(
+                    f"SELECT identifier, record_id, state FROM identifiers WHERE identifier IN ({marks})", chunk
+                ):
+                    found[key.hex()] = Entry(record_id, State(state))
+                for (key,) in reader.execute(f"SELECT identifier FROM writing WHERE identifier IN ({marks})", chunk):
+                    found[key.hex()] = Entry(None, State.WRITING)  # the latest mark: a write is in flight
+        finally:
+            reader.execute("COMMIT")
         return found
 
     def mark_writing(self, identifiers: Iterable[str]) -> None:

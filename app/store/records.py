@@ -44,9 +44,10 @@ class SqliteFile:
         self._db = db
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        with self._writer:  # not under a transaction still running on another thread: that crashes the process
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     @property
     def db(self) -> sqlite3.Connection:

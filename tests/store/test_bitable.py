@@ -113,6 +113,47 @@ async def test_small_requests_arriving_during_a_write_wait_for_it_and_share_the_
     await store.close()
 
 
+async def test_an_answered_write_is_not_held_behind_a_status_update_waiting_for_the_table(feishu, tmp_path):
+    store = await open_store(feishu, tmp_path, feishu_write_linger_ms=0, feishu_retry_base_seconds=0.3)
+    (claimed,) = await store.add([new_task(99_999)])
+    feishu.latency = 0.2
+    feishu.add_fault("server_error", endpoint="batch_update", times=2)  # the update holds the table ~1 s
+    started = store._turn  # set when the next write starts
+    first = asyncio.create_task(store.add([new_task(n) for n in range(1_000)]))
+    await started.wait()  # its write is in flight, nothing else queued
+    update = asyncio.create_task(store.update([StatusChange(claimed.record_id, TaskStatus.PROCESSING)]))
+    await asyncio.sleep(0)  # it waits for the table
+    second = asyncio.create_task(store.add([new_task(n) for n in range(1_000, 2_000)]))  # ready, behind the update
+    done, _ = await asyncio.wait({first, update}, return_when=asyncio.FIRST_COMPLETED)
+    assert done == {first}, "the first ingest's answer waited for the update"
+    await asyncio.gather(update, second)
+    await store.close()
+
+
+async def test_after_a_stream_of_full_batches_a_lone_request_waits_only_the_linger(feishu, tmp_path):
+    store = await open_store(feishu, tmp_path, feishu_write_linger_ms=10, feishu_write_max_wait_ms=10_000)
+    feishu.latency = 0.1
+    started = store._turn  # set when the next write starts
+    first = asyncio.create_task(store.add([new_task(n) for n in range(1_000)]))
+    await started.wait()
+    # a stream: these arrive while a write is in flight, and go as full batches
+    await asyncio.gather(first, *(store.add([new_task(r * 1_000 + n) for n in range(1_000)]) for r in (1, 2)))
+    # a batch held open for the stream's max_wait would take 10 s
+    await asyncio.wait_for(store.add([new_task(5_000)]), timeout=5)
+    await store.close()
+
+
+async def test_close_answers_the_requests_still_waiting_as_unavailable(feishu, tmp_path):
+    store = await open_store(feishu, tmp_path, feishu_write_linger_ms=0)
+    feishu.latency = 0.5
+    started = store._turn  # set when the next write starts
+    waiting = asyncio.create_task(store.add([new_task(n) for n in range(3)]))
+    await started.wait()
+    await store.close()
+    with pytest.raises(StoreUnavailable):  # not left waiting for good; its rows are reconciled at the next start
+        await asyncio.wait_for(waiting, timeout=5)
+
+
 async def test_a_request_that_hangs_up_leaves_the_write_it_shares_to_the_others(feishu, tmp_path):
     store = await open_store(feishu, tmp_path, feishu_write_linger_ms=0)
     feishu.latency = 0.2

@@ -123,3 +123,17 @@ def test_close_stops_the_background_checkpoint_and_leaves_every_mark_in_the_file
     assert plain.execute("SELECT count(*) FROM identifiers").fetchone() == (5_000,)
     assert plain.execute("SELECT count(*) FROM writing").fetchone() == (1,)
     plain.close()
+
+
+def test_a_lookup_during_a_stored_mark_sees_every_identifier_as_writing_or_stored(index):
+    lookups = 0
+    for round_ in range(30):
+        ids = [f"{n:064x}" for n in range(round_ * 1_000, round_ * 1_000 + 500)]
+        index.mark_writing(ids)
+        marking = threading.Thread(target=index.mark_stored, args=([(i, "rec") for i in ids],))
+        marking.start()
+        while marking.is_alive():  # the mark moves each identifier from `writing` to `identifiers`
+            assert len(index.lookup(ids)) == len(ids)
+            lookups += 1
+        marking.join()
+    assert lookups > 30  # the lookups did overlap the marks
