@@ -112,8 +112,16 @@ def setup_bitable() -> None:
     if settings.store_kind is not StoreKind.BITABLE:
         console.print("[red]setup-bitable needs a Bitable: set FEISHU_APP_ID and the other FEISHU_* settings[/red]")
         raise typer.Exit(2)
+
+    async def setup() -> tuple[list[str], list[str]]:
+        table = BitableTaskStore.from_settings(settings).table
+        try:
+            return await setup_columns(table)
+        finally:
+            await table.aclose()
+
     try:
-        created, wrong = asyncio.run(setup_columns(BitableTaskStore.from_settings(settings).table))
+        created, wrong = asyncio.run(setup())
     except ServiceError as exc:
         console.print(f"[red]{exc.error}: {exc.detail}[/red]")
         raise typer.Exit(1) from None
