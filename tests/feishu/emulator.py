@@ -1,7 +1,59 @@
 """A fake Feishu Open Platform (auth, Bitable records/fields, custom bot) over real HTTP on loopback.
 
-It follows /work/shared/reference/feishu-open-api.md; every behaviour the sheet does not fix is marked
-"# not in the reference sheet". Drive it through the real lark-oapi SDK with ``domain(emu.url)``.
+Drive it through the real lark-oapi SDK with ``domain(emu.url)``. It answers as the official Feishu docs
+say (open.feishu.cn, the same pages as open.larkoffice.com); the table "Rules and their sources" below names
+the page behind every rule. What the docs leave open is listed under "Assumptions" and marked in the code
+with ``# assumption:``.
+
+Public API
+----------
+``FeishuEmulator(app_id="cli_test", app_secret="test-secret", seed=0, latency=0.0, rate_limits=True, port=0)``
+    ``start()`` / ``stop()`` / ``with``; ``url``, ``port``.
+    ``add_table(app_token, table_id, fields=None)``: fields are ``(name, type[, property])`` tuples
+    (``DEFAULT_FIELDS`` when None); ``insert_rows(app_token, table_id, rows) -> ids``;
+    ``rows(app_token, table_id) -> {record_id: fields}``; ``calls`` (list of ``Call``),
+    ``count(endpoint=None, code=None)``, ``reset_calls()``; ``expire_tokens()``;
+    ``add_bot(token, secret=None)``, ``bot_messages(token)``.
+    ``add_fault(kind, endpoint=None, times=None, probability=None, landed=False)`` and ``clear_faults()``.
+
+Settings (plain attributes; change them at any time):
+    ``latency: float``            seconds every call takes (a write holds its table that long).
+    ``rate_limits: bool``         enforce the per-endpoint rate limits (HTTP 429, 99991400). Default True.
+    ``clock: () -> float``        seconds for rate windows and token lifetimes; replace it to freeze time.
+    ``repeat_token_answer: str``  what a ``batch_create`` whose ``client_token`` already created rows answers:
+                                  ``"original"`` (the first answer again, nothing written; the default),
+                                  ``"1254608"`` (HTTP 403, nothing written) or ``"1255006"`` (HTTP 400,
+                                  nothing written). The docs name all three; which one Feishu picks is open.
+    ``read_conflicts: bool``      when True, a read (``search``, ``batch_get``, ``fields_list``) that arrives
+                                  while a write on the same table is in flight answers 1254291, as a second
+                                  write always does. Default False, so ordinary tests stay deterministic;
+                                  the fault suites turn it on.
+    ``monthly_quota: int | None`` calls the tenant may still make this month; each OpenAPI call that reaches
+                                  the app's quota (every Bitable call) spends one, and once it is 0 every such
+                                  call answers 99991403 (HTTP 400). None (the default): no quota.
+    ``max_response_bytes: int | None``  a read whose JSON answer would be larger answers 1254030
+                                  TooLargeResponse instead. None (the default): no limit.
+
+Fault kinds (``add_fault``): ``kind`` is either a name below or a documented code as a string, which
+answers that code with its documented HTTP status (see ``ERRORS``):
+    ``"rate_limit"``   HTTP 429, 99991400, with ``x-ogw-ratelimit-*`` headers;
+    ``"conflict"``     1254291 (HTTP 400); ``"not_ready"`` 1254607 (HTTP 400);
+    ``"too_many"``     1254290 (HTTP 400); ``"timeout_code"`` 1255040 (HTTP 504);
+    ``"failed"``       1254002 with HTTP 200 (the search page: an occasional 1254002 is a timeout to retry);
+    ``"1255001"`` … ``"1255005"``  with HTTP 200 (InternalError, RpcError, MarshalError, UmMarshalError,
+                       ConvError);
+    ``"server_error"`` HTTP 500 carrying 1255001 (a gateway's 5xx: an assumption);
+    ``"html_502"``     HTTP 502 with an HTML body (not JSON);
+    ``"lost_answer"``  the call is applied, then the connection is closed without an answer;
+    ``"token_expired"`` every token issued so far is forgotten, so this call (and every later one made with
+                       an old token) answers 99991663;
+    ``"99991661"``, ``"99991663"``, ``"99991664"``, ``"99991668"``  this call answers that token code, and every
+                       token issued so far is forgotten (a retry must fetch a new token);
+    ``"quota"``        99991403 (HTTP 400): the tenant's monthly quota is used up (see ``monthly_quota``).
+    ``endpoint`` limits the fault to one of ``ENDPOINTS`` (None: every Bitable endpoint, not token or bot);
+    ``times`` fires it that many times then removes it (None: forever); ``probability`` fires it on that share
+    of matching calls (the seeded RNG); ``landed=True`` (write endpoints only) applies the write first and
+    then answers the fault, as a write that landed but was answered with a failure.
 """
 
 from __future__ import annotations
