@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app.config import Settings
@@ -30,6 +30,9 @@ REQUIRED = {IDENTIFIER: TEXT, STATUS: SINGLE_SELECT, PAYLOAD: TEXT, CREATED_AT: 
 OPTIONAL = {PRIORITY: NUMBER, ATTEMPTS: NUMBER, CLAIMED_AT: DATE}
 COLUMNS = {**REQUIRED, **OPTIONAL}
 STATUS_OPTIONS = {"options": [{"name": status.value} for status in TaskStatus]}
+# date and time, not the day alone (the field guide's date property: date_formatter, auto_fill)
+DATE_AND_TIME = {"date_formatter": "yyyy/MM/dd HH:mm", "auto_fill": False}
+COLUMN_PROPERTIES = {STATUS: STATUS_OPTIONS, CREATED_AT: DATE_AND_TIME, CLAIMED_AT: DATE_AND_TIME}
 
 MAX_CREATE = 1_000  # records per batch_create / batch_update
 MAX_GET = 100  # record ids per batch_get
@@ -41,6 +44,7 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 # two coins, four parts searched at once; doubled digits, as a pair that overlaps itself is a rarer find: P = 0.505
 _REINDEX_COINS = (("00", "11", "22"), ("33", "44", "55"))
 _NOT_EMPTY = {"field_name": IDENTIFIER, "operator": "isNotEmpty", "value": []}
+_DAY = timedelta(days=1)
 
 
 @dataclass(slots=True)
@@ -426,10 +430,9 @@ class BitableTaskStore:
         """Identifier → record id for those present in the table, by `or` searches within the filter limits."""
         found: dict[str, str] = {}
         for chunk in _filter_chunks(list(identifiers)):
-            filter_ = {"conjunction": "or", "conditions": [_is(IDENTIFIER, i) for i in chunk]}
-            token = None
+            search, token = _identifier_search(chunk), None
             while True:
-                page = await self.table.search(filter_=filter_, field_names=[IDENTIFIER], page_token=token)
+                page = await self.table.search(**search, page_token=token)
                 for record_id, fields in page.records:
                     found.setdefault(_plain(fields.get(IDENTIFIER)), record_id)
                 if not (token := page.page_token):
@@ -488,49 +491,62 @@ class BitableTaskStore:
         return fields
 
     async def pending(self, limit: int) -> list[TaskRecord]:
-        sort = [{"field_name": PRIORITY, "desc": True}] if self._schema.has(PRIORITY) else []
-        sort.append({"field_name": CREATED_AT, "desc": False})
-        return await self._search_all(_status_is(TaskStatus.PENDING), sort=sort, limit=limit)
+        return await self._search_all(self._pick_search(), limit=limit)
 
     async def processing(self, claimed_on_or_before: datetime) -> list[TaskRecord]:
         if not self.supports_leases:
             return []
-        filter_ = _status_is(TaskStatus.PROCESSING)
-        # Bitable compares dates by whole days: this is a superset, the service compares exact times
-        filter_["conditions"].append(
-            {
-                "field_name": CLAIMED_AT,
-                "operator": "isLessEqual",
-                "value": ["ExactDate", str(to_ms(claimed_on_or_before))],
-            }
-        )
-        return await self._search_all(filter_)
+        return await self._search_all(self._lease_search(claimed_on_or_before))
 
     @property
     def supports_leases(self) -> bool:
         return self._schema.has(CLAIMED_AT) and self._schema.has(ATTEMPTS)
 
-    async def _search_all(
-        self, filter_: dict[str, Any], sort: list[dict[str, Any]] | None = None, limit: int | None = None
-    ) -> list[TaskRecord]:
+    def filter_shapes(self) -> dict[str, dict[str, Any]]:
+        """One of every search the store sends, named, as keyword arguments for `FeishuTable.search`.
+
+        Built by the helpers the real calls use, so a check can send each (with `page_size=1`) and see a filter
+        Feishu refuses at set-up. The schema must be loaded (`open()` or `load_schema()`): the pick sorts by
+        Priority only when that column exists, and lease recovery is left out when its columns are missing.
+        """
+        now = datetime.now(UTC)
+        return {
+            "pick": self._pick_search(),
+            "count": _count_search(TaskStatus.PENDING),
+            "page": _count_search(None),
+            **({"lease_recovery": self._lease_search(now)} if self.supports_leases else {}),
+            "prune": _prune_search(TaskStatus.SUCCESS, now),
+            "index_count": _census_search(),
+            **{f"index_part_{n}": _part_search(part) for n, part in enumerate(_reindex_parts(), 1)},
+            # a full chunk: the longest lookup filter the store sends
+            "identifier_lookup": _identifier_search(_filter_chunks(["0" * 64] * MAX_CONDITIONS)[0]),
+        }
+
+    def _pick_search(self) -> dict[str, Any]:
+        sort = [{"field_name": PRIORITY, "desc": True}] if self._schema.has(PRIORITY) else []
+        sort.append({"field_name": CREATED_AT, "desc": False})
+        return {"filter_": _status_is(TaskStatus.PENDING), "sort": sort}
+
+    def _lease_search(self, claimed_on_or_before: datetime) -> dict[str, Any]:
+        filter_ = _status_is(TaskStatus.PROCESSING)
+        filter_["conditions"].append(_on_or_before_day(CLAIMED_AT, claimed_on_or_before))
+        return {"filter_": filter_}
+
+    async def _search_all(self, search: dict[str, Any], limit: int | None = None) -> list[TaskRecord]:
         records: list[TaskRecord] = []
         token = None
         while limit is None or len(records) < limit:
             page_size = MAX_PAGE if limit is None else min(MAX_PAGE, limit)
-            page = await self.table.search(filter_=filter_, sort=sort, page_size=page_size, page_token=token)
+            page = await self.table.search(**search, page_size=page_size, page_token=token)
             records += [self._decode(record_id, fields) for record_id, fields in page.records]
             if not (token := page.page_token):
                 break
         return records[:limit]
 
     async def page(self, status: TaskStatus | None, limit: int, page_token: str | None) -> TaskPage:
-        filter_ = _status_is(status) if status else None
         try:
             page = await self.table.search(
-                filter_=filter_,
-                sort=[{"field_name": CREATED_AT, "desc": False}],
-                page_size=min(limit, MAX_PAGE),
-                page_token=page_token,
+                **_count_search(status), page_size=min(limit, MAX_PAGE), page_token=page_token
             )
         except StoreRejected as exc:
             if page_token:
@@ -540,15 +556,11 @@ class BitableTaskStore:
         return TaskPage(items=items, next_page_token=page.page_token, total=page.total)
 
     async def prune(self, status: TaskStatus, created_before: datetime) -> int:
-        filter_ = _status_is(status)
-        # whole days only in the filter: read that day's rows too and compare exact times here
-        filter_["conditions"].append(
-            {"field_name": CREATED_AT, "operator": "isLessEqual", "value": ["ExactDate", str(to_ms(created_before))]}
-        )
+        search = _prune_search(status, created_before)  # whole days: the exact time is compared here
         doomed: list[tuple[str, str | None]] = []
         token = None
         while True:
-            page = await self.table.search(filter_=filter_, field_names=[IDENTIFIER, CREATED_AT], page_token=token)
+            page = await self.table.search(**search, page_token=token)
             for record_id, fields in page.records:
                 created = _number(_plain(fields.get(CREATED_AT)))
                 if created is not None and created < to_ms(created_before):
@@ -567,9 +579,7 @@ class BitableTaskStore:
     async def reindex(self) -> int:
         """Read every Identifier into the index, in parallel parts; identifiers already known stay."""
         self.index.mark_complete(False)
-        census = self.table.search(
-            filter_={"conjunction": "and", "conditions": [_NOT_EMPTY]}, field_names=[IDENTIFIER], page_size=1
-        )
+        census = self.table.search(**_census_search(), page_size=1)
         *totals, expected = await _gather_cancelling(
             *(self._reindex_part(filter_) for filter_ in _reindex_parts()), census
         )
@@ -586,7 +596,7 @@ class BitableTaskStore:
         def fetch(token: str | None, rows_left: float) -> asyncio.Future[Page]:
             # the part with the most rows left goes first: the parts end together, none pages alone at the end
             search = self.table.search(
-                filter_=filter_, field_names=[IDENTIFIER], page_size=MAX_PAGE, page_token=token, priority=rows_left
+                **_part_search(filter_), page_size=MAX_PAGE, page_token=token, priority=rows_left
             )
             return asyncio.ensure_future(search)
 
@@ -626,12 +636,12 @@ class BitableTaskStore:
 
 
 async def setup_columns(table: FeishuTable) -> tuple[list[str], list[str]]:
-    """Create every missing service column with its type (Status with its options); answer (created, wrong type)."""
+    """Create every missing service column with its type and property; answer (created, wrong type)."""
     existing = {f.name: f.type for f in await table.list_fields()}
     created, wrong = [], []
     for name, column_type in COLUMNS.items():
         if name not in existing:
-            await table.create_field(name, column_type, STATUS_OPTIONS if name == STATUS else None)
+            await table.create_field(name, column_type, COLUMN_PROPERTIES.get(name))
             created.append(name)
         elif existing[name] != column_type:
             wrong.append(f"{name} (type {existing[name]}, needs {column_type})")
@@ -737,6 +747,37 @@ def _is(field_name: str, value: str) -> dict[str, Any]:
 
 def _status_is(status: TaskStatus) -> dict[str, Any]:
     return {"conjunction": "and", "conditions": [_is(STATUS, status.value)]}
+
+
+def _on_or_before_day(field_name: str, moment: datetime) -> dict[str, Any]:
+    """Dated on or before that day: dates filter by whole days, with is/isEmpty/isNotEmpty/isGreater/isLess only."""
+    return {"field_name": field_name, "operator": "isLess", "value": ["ExactDate", str(to_ms(moment + _DAY))]}
+
+
+def _count_search(status: TaskStatus | None) -> dict[str, Any]:
+    """A page in creation order (the API's list, and with page_size=1 the count of a status)."""
+    return {"filter_": _status_is(status) if status else None, "sort": [{"field_name": CREATED_AT, "desc": False}]}
+
+
+def _prune_search(status: TaskStatus, created_before: datetime) -> dict[str, Any]:
+    filter_ = _status_is(status)
+    filter_["conditions"].append(_on_or_before_day(CREATED_AT, created_before))
+    return {"filter_": filter_, "field_names": [IDENTIFIER, CREATED_AT]}
+
+
+def _census_search() -> dict[str, Any]:
+    return {"filter_": {"conjunction": "and", "conditions": [_NOT_EMPTY]}, "field_names": [IDENTIFIER]}
+
+
+def _part_search(filter_: dict[str, Any] | None) -> dict[str, Any]:
+    return {"filter_": filter_, "field_names": [IDENTIFIER]}
+
+
+def _identifier_search(identifiers: list[str]) -> dict[str, Any]:
+    return {
+        "filter_": {"conjunction": "or", "conditions": [_is(IDENTIFIER, i) for i in identifiers]},
+        "field_names": [IDENTIFIER],
+    }
 
 
 def _filter_chunks(identifiers: list[str]) -> list[list[str]]:

@@ -6,15 +6,17 @@ import itertools
 import json
 import logging
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from app.errors import StoreRejected, StoreUnavailable
 from app.models import StatusChange, TaskStatus
 from app.store import bitable as bitable_module
-from app.store.bitable import BitableTaskStore
-from app.store.feishu import create_body
+from app.store.bitable import BitableTaskStore, setup_columns
+from app.store.feishu import FeishuTable, create_body
 from app.store.index import State
+from app.store.records import to_ms
 from tests.conftest import bitable_settings
 from tests.feishu.fixtures import APP_TOKEN, TABLE_ID
 from tests.store.test_contract import new_task
@@ -386,3 +388,127 @@ async def test_feishu_timeout_bounds_every_call(feishu, tmp_path):
     assert time.monotonic() - started < 3
     feishu.latency = 0
     await store.close()
+
+
+# ---- the searches the store sends ---------------------------------------------------------------
+
+# the filter guide (记录筛选参数填写说明): what each column type takes
+DOCUMENTED_OPERATORS = {
+    "Identifier": {"is", "isNot", "contains", "doesNotContain", "isEmpty", "isNotEmpty"},
+    "Status": {"is", "isNot", "contains", "doesNotContain", "isEmpty", "isNotEmpty"},
+    "CreatedAt": {"is", "isEmpty", "isNotEmpty", "isGreater", "isLess"},
+    "ClaimedAt": {"is", "isEmpty", "isNotEmpty", "isGreater", "isLess"},
+}
+
+
+def _conditions(filter_):
+    if not filter_:
+        return []
+    return [*filter_.get("conditions", []), *(c for child in filter_.get("children", []) for c in child["conditions"])]
+
+
+def _shape(search) -> tuple:
+    """A search without its values: conjunctions, (column, operator) pairs, sort and columns read."""
+
+    def group(g):
+        return (g["conjunction"], frozenset((c["field_name"], c["operator"]) for c in g["conditions"]))
+
+    filter_ = search.get("filter_")
+    children = frozenset(group(child) for child in filter_.get("children", [])) if filter_ else None
+    sort = tuple((s["field_name"], s["desc"]) for s in search.get("sort") or [])
+    return (group(filter_) if filter_ else None, children, sort, tuple(search.get("field_names") or ()))
+
+
+async def test_every_filter_shape_uses_only_documented_operators_and_limits(bitable_store):
+    shapes = bitable_store.filter_shapes()
+    assert {"pick", "count", "page", "lease_recovery", "prune", "index_count", "identifier_lookup"} <= set(shapes)
+    assert sum(name.startswith("index_part_") for name in shapes) == 4
+    for name, search in shapes.items():
+        filter_ = search.get("filter_")
+        conditions = _conditions(filter_)
+        assert len(conditions) <= 50, name
+        assert len(json.dumps(filter_ or {})) <= 2_000, name
+        for condition in conditions:
+            assert condition["operator"] in DOCUMENTED_OPERATORS[condition["field_name"]], (name, condition)
+            count = len(condition["value"])
+            assert count == 0 if condition["operator"] in ("isEmpty", "isNotEmpty") else count >= 1, (name, condition)
+            if condition["field_name"] in ("CreatedAt", "ClaimedAt"):
+                assert condition["value"][0] == "ExactDate", (name, condition)
+        for child in (filter_ or {}).get("children", []):
+            assert "children" not in child, name  # one level of children
+
+
+async def test_feishu_accepts_one_search_of_every_filter_shape(bitable_store, feishu):
+    feishu.reset_calls()
+    for search in bitable_store.filter_shapes().values():
+        await bitable_store.table.search(**search, page_size=1)  # a refused filter raises StoreRejected
+    assert feishu.count("search") == feishu.count("search", code=0) == len(bitable_store.filter_shapes())
+
+
+async def test_filter_shapes_names_every_search_the_store_sends(bitable_store, feishu, monkeypatch):
+    sent = []
+    search = bitable_store.table.search
+
+    async def recording(**kwargs):
+        sent.append(kwargs)
+        return await search(**kwargs)
+
+    monkeypatch.setattr(bitable_store.table, "search", recording)
+    stored = await bitable_store.add([new_task(n) for n in range(3)])
+    await bitable_store.pending(10)
+    await bitable_store.processing(datetime.now(UTC))
+    await bitable_store.page(TaskStatus.PENDING, 1, None)
+    await bitable_store.page(None, 10, None)
+    await bitable_store.prune(TaskStatus.SUCCESS, datetime.now(UTC))
+    await bitable_store.reindex()
+    assert await bitable_store._find_identifiers([s.identifier for s in stored])
+    shapes = {_shape(s): name for name, s in bitable_store.filter_shapes().items()}
+    unnamed = [s for s in sent if _shape(s) not in shapes]
+    assert not unnamed, f"searches filter_shapes() does not name: {unnamed}"
+    assert {shapes[_shape(s)] for s in sent} == set(shapes.values())
+
+
+async def test_lease_recovery_and_prune_filter_by_whole_days_and_compare_exact_times_here(feishu, tmp_path):
+    now = datetime.now(UTC)
+    rows = [
+        {"Identifier": f"{n:064x}", "Status": "PROCESSING", "ClaimedAt": to_ms(at), "CreatedAt": to_ms(at)}
+        for n, at in enumerate([now - timedelta(days=3), now - timedelta(hours=2), now - timedelta(minutes=1)])
+    ]
+    ids = feishu.insert_rows(APP_TOKEN, TABLE_ID, rows)
+    store = await open_store(feishu, tmp_path)
+    cutoff = now - timedelta(hours=1)
+    found = {r.record_id for r in await store.processing(cutoff)}
+    assert {ids[0], ids[1]} <= found  # the superset the day filter returns; the service compares exactly
+    assert await store.prune(TaskStatus.PROCESSING, cutoff) == 2  # exact: the minute-old row stays
+    assert set(feishu.rows(APP_TOKEN, TABLE_ID)) == {ids[2]}
+    assert feishu.count("search", code=1254018) == 0
+    await store.close()
+
+
+async def test_setup_columns_creates_dates_with_their_time_of_day(feishu):
+    feishu.add_table(APP_TOKEN, "tblNew", [("Name", 1)])
+    table = FeishuTable.build(feishu.app_id, feishu.app_secret, APP_TOKEN, "tblNew", feishu.url, timeout=5)
+    created, wrong = await setup_columns(table)
+    assert set(created) == set(bitable_module.COLUMNS) and wrong == []
+    fields = {f["field_name"]: f for f in await _fields_json(feishu, "tblNew")}
+    for name in ("CreatedAt", "ClaimedAt"):
+        assert fields[name]["property"]["date_formatter"] == "yyyy/MM/dd HH:mm"
+    assert [o["name"] for o in fields["Status"]["property"]["options"]] == [s.value for s in TaskStatus]
+    await table.aclose()
+
+
+async def _fields_json(emu, table_id):
+    import httpx
+
+    async with httpx.AsyncClient(base_url=emu.url) as http:
+        token = (
+            await http.post(
+                "/open-apis/auth/v3/tenant_access_token/internal",
+                json={"app_id": emu.app_id, "app_secret": emu.app_secret},
+            )
+        ).json()["tenant_access_token"]
+        answer = await http.get(
+            f"/open-apis/bitable/v1/apps/{APP_TOKEN}/tables/{table_id}/fields",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    return answer.json()["data"]["items"]
