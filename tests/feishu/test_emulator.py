@@ -172,8 +172,10 @@ def test_sdk_with_wrong_secret_cannot_obtain_token(feishu):
         wrong.bitable.v1.app_table_record.search(search_req())
 
 
-@pytest.mark.parametrize("header", [None, "Bearer t-unknown", "t-no-bearer"])
-def test_bitable_calls_need_a_valid_bearer_token(feishu, header):
+@pytest.mark.parametrize(
+    ("header", "code"), [(None, 99991661), ("Bearer t-unknown", 99991663), ("t-no-bearer", 99991663)]
+)
+def test_bitable_calls_need_a_valid_bearer_token(feishu, header, code):
     headers = {"Authorization": header} if header else {}
     resp = requests.post(
         f"{feishu.url}/open-apis/bitable/v1/apps/{APP_TOKEN}/tables/{TABLE_ID}/records/search",
@@ -181,7 +183,19 @@ def test_bitable_calls_need_a_valid_bearer_token(feishu, header):
         headers=headers,
         timeout=5,
     )
-    assert resp.status_code == 400 and resp.json()["code"] == 99991663
+    assert resp.status_code == 400 and resp.json()["code"] == code
+
+
+@pytest.mark.parametrize("code", [99991661, 99991663, 99991664, 99991668])
+def test_token_faults_answer_their_code_and_make_the_sdk_fetch_a_new_token(feishu, records, code):
+    assert records.search(search_req()).code == 0
+    feishu.add_fault(str(code), endpoint="search", times=1)
+    resp = records.search(search_req())
+    assert (resp.code, resp.raw.status_code) == (code, 400)
+    assert records.search(search_req()).code == 99991663  # the old token is gone: the SDK's cached one fails
+    clear_token_cache()
+    assert records.search(search_req()).code == 0
+    assert feishu.count("token") == 2
 
 
 def test_expire_tokens_then_refetch_after_clearing_sdk_cache(feishu, records):
@@ -369,13 +383,65 @@ def test_repeated_client_token_answers_the_original(feishu, records):
     assert len(feishu.rows(APP_TOKEN, TABLE_ID)) == 1
 
 
-async def test_repeated_client_token_answers_1254608(feishu, records):
-    feishu.repeat_token_answer = "1254608"
+@pytest.mark.parametrize(
+    ("answer", "status", "msg"),
+    [
+        ("1254608", 403, "Same API requests are submitted repeatedly."),
+        ("1255006", 400, "Client token conflict, please generate a new client token and try again."),
+    ],
+)
+async def test_repeated_client_token_answers_a_documented_refusal(feishu, records, answer, status, msg):
+    feishu.repeat_token_answer = answer
     token = "8a3c7f3e-0000-4000-8000-000000000002"
     assert (await records.abatch_create(create_req([{"Identifier": "a"}], client_token=token))).code == 0
     again = await records.abatch_create(create_req([{"Identifier": "b"}], client_token=token))
-    assert (again.code, again.msg) == (1254608, "same request submitted repeatedly")
+    assert (again.code, again.raw.status_code, again.msg) == (int(answer), status, msg)
     assert len(feishu.rows(APP_TOKEN, TABLE_ID)) == 1
+
+
+@pytest.mark.parametrize("token", ["tok-1", "8a3c7f3e-0000-1000-8000-000000000001", "8A3C7F3E00004000800000000000000"])
+def test_client_token_must_be_a_uuid4(feishu, records, token):
+    resp = records.batch_create(create_req([{"Identifier": "a"}], client_token=token))
+    assert (resp.code, resp.raw.status_code) == (1254037, 400)
+    assert feishu.rows(APP_TOKEN, TABLE_ID) == {}
+
+
+@pytest.mark.parametrize("repeat", ["original", "1254608", "1255006"])
+def test_a_create_that_landed_but_answered_1254002_is_stored_once_when_resent(feishu, records, repeat):
+    feishu.repeat_token_answer = repeat
+    feishu.add_fault("failed", endpoint="batch_create", times=1, landed=True)
+    token = "8a3c7f3e-0000-4000-8000-000000000004"
+    first = records.batch_create(create_req([{"Identifier": "a"}, {"Identifier": "b"}], client_token=token))
+    assert (first.code, first.raw.status_code) == (1254002, 200)
+    landed = feishu.rows(APP_TOKEN, TABLE_ID)
+    assert sorted(f["Identifier"] for f in landed.values()) == ["a", "b"]
+    again = records.batch_create(create_req([{"Identifier": "a"}, {"Identifier": "b"}], client_token=token))
+    if repeat == "original":
+        assert again.code == 0 and [r.record_id for r in again.data.records] == list(landed)
+    else:
+        assert again.code == int(repeat)
+    assert feishu.rows(APP_TOKEN, TABLE_ID) == landed
+
+
+@pytest.mark.parametrize("kind", ["1254002", "1255001", "1255002", "1255003", "1255004", "1255005", "html_502"])
+def test_landed_faults_apply_the_write_and_plain_ones_do_not(feishu, records, kind):
+    (rid,) = feishu.insert_rows(APP_TOKEN, TABLE_ID, [{"Identifier": "a", "Attempts": 0}])
+    feishu.add_fault(kind, endpoint="batch_update", times=1)
+    feishu.add_fault(kind, endpoint="batch_update", times=1, landed=True)
+    for attempts in (1, 2):
+        if kind == "html_502":
+            with pytest.raises(ValueError):
+                records.batch_update(update_req([(rid, {"Attempts": attempts})]))
+        else:
+            resp = records.batch_update(update_req([(rid, {"Attempts": attempts})]))
+            assert (resp.code, resp.raw.status_code) == (int(kind), 200)
+    assert feishu.rows(APP_TOKEN, TABLE_ID)[rid]["Attempts"] == 2  # the first was refused, the second landed
+
+
+@pytest.mark.parametrize("kind", ["rate_limit", "99991400", "quota", "lost_answer", "token_expired", "99991668"])
+def test_faults_that_stop_a_call_cannot_be_landed(feishu, kind):
+    with pytest.raises(ValueError, match="cannot follow"):
+        feishu.add_fault(kind, endpoint="batch_create", landed=True)
 
 
 def test_overlapping_writes_on_one_table_conflict(feishu, records):
@@ -417,11 +483,15 @@ async def test_overlapping_async_writes_conflict(feishu, records):
     ("kind", "code", "status"),
     [
         ("conflict", 1254291, 200),
-        ("not_ready", 1254607, 200),
+        ("not_ready", 1254607, 400),
         ("too_many", 1254290, 200),
-        ("timeout_code", 1255040, 200),
+        ("timeout_code", 1255040, 504),
+        ("failed", 1254002, 200),
+        ("1255001", 1255001, 200),
+        ("1255005", 1255005, 200),
         ("server_error", 1255001, 500),
         ("rate_limit", 99991400, 429),
+        ("quota", 99991403, 400),
     ],
 )
 def test_json_faults_fire_n_times(feishu, records, kind, code, status):
@@ -567,8 +637,11 @@ def test_page_size_default_and_bounds(feishu, records):
     data = records.search(search_req()).data
     assert (len(data.items), data.has_more, data.total) == (20, True, 25)
     assert records.search(search_req(page_size=500)).code == 0
-    assert records.search(search_req(page_size=501)).code != 0
-    assert records.search(search_req(page_token="garbage!")).code != 0
+    assert records.search(search_req(page_size=501)).code == 99992402
+    zero = records.search(search_req(page_size=0))
+    assert (zero.code, zero.raw.status_code) == (1254011, 400)
+    bad = records.search(search_req(page_token="garbage!"))
+    assert (bad.code, bad.raw.status_code) == (1254002, 200)
 
 
 FILTER_ROWS = [
@@ -585,7 +658,6 @@ FILTER_ROWS = [
         (cond("Identifier", "is", "alpha"), {"alpha"}),
         (cond("Identifier", "isNot", "alpha"), {"beta", "gamma", "delta"}),
         (cond("Payload", "contains", "red"), {"alpha", "delta"}),
-        (cond("Payload", "contains", "blue", "green"), {"beta", "delta"}),
         (cond("Payload", "doesNotContain", "red"), {"beta", "gamma"}),
         (cond("Payload", "isEmpty"), {"gamma"}),
         (cond("Payload", "isNotEmpty"), {"alpha", "beta", "delta"}),
@@ -598,8 +670,10 @@ FILTER_ROWS = [
         (cond("Priority", "isEmpty"), {"delta"}),
         (cond("Status", "is", "PENDING"), {"alpha", "delta"}),
         (cond("Status", "isNot", "PENDING"), {"beta", "gamma"}),
-        (cond("Status", "contains", "SUCC", "FAIL"), {"beta", "gamma"}),
-        (cond("Status", "doesNotContain", "PEND"), {"beta", "gamma"}),
+        (cond("Status", "contains", "SUCCESS", "FAILED"), {"beta", "gamma"}),
+        (cond("Status", "contains", "SUCC"), set()),  # options, not substrings
+        (cond("Status", "doesNotContain", "PENDING", "FAILED"), {"beta"}),
+        (cond("Status", "isEmpty"), set()),
     ],
 )
 def test_filter_operators(feishu, records, condition, expected):
@@ -691,14 +765,7 @@ NOON_MARCH_10 = str(ms(2024, 3, 10, 12, 0))
 
 @pytest.mark.parametrize(
     ("op", "expected"),
-    [
-        ("is", {"d1", "d2"}),
-        ("isNot", {"d3", "d4", "d5"}),
-        ("isGreater", {"d3"}),
-        ("isGreaterEqual", {"d1", "d2", "d3"}),
-        ("isLess", {"d4"}),
-        ("isLessEqual", {"d1", "d2", "d4"}),
-    ],
+    [("is", {"d1", "d2"}), ("isGreater", {"d3"}), ("isLess", {"d4"}), ("isEmpty", {"d5"}), ("isNotEmpty", None)],
 )
 def test_exact_date_compares_by_day(feishu, records, op, expected):
     feishu.insert_rows(
@@ -712,8 +779,47 @@ def test_exact_date_compares_by_day(feishu, records, op, expected):
             {"Identifier": "d5"},
         ],
     )
-    found = records.search(search_req(flt("and", cond("CreatedAt", op, "ExactDate", NOON_MARCH_10)))).data.items
-    assert {text(i) for i in found} == expected
+    values = () if op in ("isEmpty", "isNotEmpty") else ("ExactDate", NOON_MARCH_10)
+    found = records.search(search_req(flt("and", cond("CreatedAt", op, *values)))).data.items
+    assert {text(i) for i in found} == (expected or {"d1", "d2", "d3", "d4"})
+
+
+@pytest.mark.parametrize("field", ["CreatedAt", "Made"])
+@pytest.mark.parametrize("op", ["isNot", "isGreaterEqual", "isLessEqual", "contains", "doesNotContain"])
+def test_date_filters_refuse_the_operators_the_docs_do_not_support(feishu, records, field, op):
+    feishu.add_table(APP_TOKEN, "tblMADE", [("Name", 1), ("CreatedAt", 5), ("Made", 1001)])
+    req = search_req(flt("and", cond(field, op, "ExactDate", NOON_MARCH_10)))
+    req.paths["table_id"] = "tblMADE"
+    resp = records.search(req)
+    assert (resp.code, resp.raw.status_code) == (1254018, 200)
+
+
+def test_relative_date_spans(feishu, records):
+    today = datetime.now(UTC8).date()
+    last_month = (today.replace(day=1) - timedelta(days=1)).replace(day=1)
+    days = {
+        "today": today,
+        "minus7": today - timedelta(days=7),
+        "minus8": today - timedelta(days=8),
+        "plus8": today + timedelta(days=8),
+        "month_start": today.replace(day=1),
+        "last_month_start": last_month,
+        "old": today - timedelta(days=70),
+    }
+    noon = {name: int(datetime(d.year, d.month, d.day, 12, tzinfo=UTC8).timestamp() * 1000) for name, d in days.items()}
+    feishu.insert_rows(APP_TOKEN, TABLE_ID, [{"Identifier": n, "ClaimedAt": ms_} for n, ms_ in noon.items()])
+
+    def found(word: str) -> set[str]:
+        return {text(i) for i in records.search(search_req(flt("and", cond("ClaimedAt", "is", word)))).data.items}
+
+    assert "today" in found("TheLastWeek") and not found("TheLastWeek") & {"minus7", "plus8"}
+    assert "today" in found("TheNextWeek") and not found("TheNextWeek") & {"minus7", "plus8"}
+    assert {"today", "minus7", "minus8"} <= found("TheLastMonth") and not found("TheLastMonth") & {"plus8", "old"}
+    assert {"today", "plus8"} <= found("TheNextMonth") and not found("TheNextMonth") & {"minus7", "old"}
+    assert "today" in found("CurrentWeek") and not found("CurrentWeek") & {"minus7", "minus8", "plus8", "old"}
+    assert "minus7" in found("LastWeek") and not found("LastWeek") & {"today", "plus8", "old"}
+    assert {"today", "month_start"} <= found("CurrentMonth") and "last_month_start" not in found("CurrentMonth")
+    assert "last_month_start" in found("LastMonth") and not found("LastMonth") & {"today", "month_start", "old"}
 
 
 def test_relative_dates(feishu, records):
@@ -748,13 +854,23 @@ def test_filter_value_must_be_list_of_strings(feishu, records):
         flt("and", cond("Priority", "isGreater", "nine")),
         flt("and", cond("Identifier", "isGreater", "a")),
         flt("and", cond("Priority", "contains", "1")),
-        flt("and", cond("Payload", "contains", *[str(i) for i in range(11)])),
-        flt("and", *[cond("Identifier", "is", str(i)) for i in range(51)]),
+        flt("and", cond("Status", "like", "PEND")),
+        flt("and", cond("Payload", "contains", "blue", "green")),
+        flt("and", cond("Identifier", "is")),
+        flt("and", cond("Priority", "is", "1", "2")),
+        flt("and", cond("Payload", "isEmpty", "x")),
+        flt("and", cond("Status", "contains")),
+        {"conjunction": "and", "conditions": [{"field_name": "Payload", "operator": "isEmpty"}]},
+        {"conjunction": "and", "conditions": [{"field_name": "Payload", "operator": "isEmpty", "value": None}]},
+        {"conditions": [{"field_name": "Identifier", "operator": "is", "value": ["a"]}]},
         flt("xor", cond("Identifier", "is", "a")),
         flt("and", cond("CreatedAt", "is", "2024-03-10")),
         flt("and", cond("CreatedAt", "is", "ExactDate")),
         flt("and", cond("CreatedAt", "is", "ExactDate", "soon")),
-        flt("and", cond("CreatedAt", "is", "CurrentWeek")),
+        flt("and", cond("CreatedAt", "isGreater", "CurrentWeek")),
+        flt("and", cond("CreatedAt", "isLess", "TheLastMonth")),
+        flt("and", cond("CreatedAt", "is", "Today", "1")),
+        flt("and", cond("CreatedAt", "is", "ExactDate", "1", "2")),
         {
             "conjunction": "and",
             "conditions": [],
@@ -764,13 +880,32 @@ def test_filter_value_must_be_list_of_strings(feishu, records):
     ],
 )
 def test_invalid_filters_answer_1254018(feishu, records, bad):
-    assert records.search(search_req(bad)).code == 1254018
+    resp = records.search(search_req(bad))
+    assert (resp.code, resp.raw.status_code) == (1254018, 200)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        flt("and", cond("Status", "contains", *[str(i) for i in range(11)])),
+        flt("and", *[cond("Identifier", "is", str(i)) for i in range(51)]),
+        flt("and", children=[child("or", *[cond("Identifier", "is", str(i)) for i in range(51)])]),
+    ],
+)
+def test_filter_validation_rules_answer_99992402(feishu, records, bad):
+    resp = records.search(search_req(bad))
+    assert (resp.code, resp.raw.status_code) == (99992402, 400)
 
 
 def test_filter_limits_at_the_edge(feishu, records):
-    assert records.search(search_req(flt("and", cond("Payload", "contains", *"abcdefghij")))).code == 0
+    assert records.search(search_req(flt("and", cond("Status", "contains", *"abcdefghij")))).code == 0
     many = flt("or", *[cond("Identifier", "is", str(i)) for i in range(50)])
     assert records.search(search_req(many)).code == 1254107  # 50 conditions pass the count, not the length
+    two_groups = flt(
+        "and",
+        children=[child("or", *[cond("Priority", "is", str(i)) for i in range(10)]) for _ in range(2)],
+    )
+    assert records.search(search_req(two_groups)).code == 0
 
 
 def test_filter_json_over_2000_characters(feishu, records):
@@ -803,8 +938,19 @@ def test_sort_and_field_names(feishu, records):
     assert order(("Identifier", True))[:2] == ["p3", "p2"]
     items = records.search(search_req(field_names=["Priority"])).data.items
     assert [i.fields for i in items] == [{"Priority": 3}, {"Priority": 1}, {}, {"Priority": 2}, {"Priority": 10}]
-    assert records.search(search_req(field_names=["Nope"])).code == 1254045
-    assert records.search(search_req(sort=[Sort.builder().field_name("Nope").build()])).code == 1254045
+    resp = records.search(search_req(field_names=["Identifier", "Nope"]))
+    assert (resp.code, resp.raw.status_code, resp.msg) == (1254024, 200, "InvalidFieldNames")
+    resp = records.search(search_req(sort=[Sort.builder().field_name("Nope").build()]))
+    assert (resp.code, resp.msg) == (1254016, "InvalidSort: 'Nope'")
+
+
+def test_sort_and_field_names_limits(feishu, records):
+    long_sort = [Sort.builder().field_name("Identifier").desc(False).build() for _ in range(30)]
+    assert records.search(search_req(sort=long_sort[:20])).code == 0
+    assert records.search(search_req(sort=long_sort)).code == 1254108  # 30 keys are over 1,000 characters
+    assert records.search(search_req(field_names=["Identifier"] * 200)).code == 0
+    resp = records.search(search_req(field_names=["Identifier"] * 201))
+    assert (resp.code, resp.raw.status_code) == (99992402, 400)
 
 
 # ---- fields ------------------------------------------------------------------------------------------
