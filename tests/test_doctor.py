@@ -255,3 +255,11 @@ def test_start_up_only_warns_about_a_missing_queue_and_probes_nothing(feishu, tm
         assert client.get("/healthz").status_code == 200
     assert feishu.bot_messages(BOT) == []
     assert feishu.count("bot") == 0  # no signature probe at start-up
+
+
+@pytest.mark.broker
+async def test_redis_an_empty_queue_and_its_priority_scheme(tmp_path, redis_url, queue_name):
+    checks = await doctor(make_settings(tmp_path / "data", celery_broker_url=redis_url, celery_queue=queue_name))
+    assert checks["broker"].status is Status.OK
+    assert checks["queue"].status is Status.OK and "no messages" in checks["queue"].detail
+    assert checks["queue.priorities"].detail.startswith("default 6, high 0")

@@ -6,6 +6,7 @@ import pytest
 
 from app.doctor import Status, exit_code, run_doctor
 from app.store.bitable import BitableTaskStore
+from tests.feishu.fixtures import clear_token_cache
 
 
 async def checks_for(settings):
@@ -30,6 +31,7 @@ async def test_doctor_names_a_wrong_table_id(target, tmp_path):
 
 
 async def test_doctor_names_a_bad_app_secret(target, tmp_path):
+    clear_token_cache(target.values["feishu_app_id"])  # the SDK caches a token per app id, process-wide
     checks = await checks_for(target.settings(tmp_path / "data", feishu_app_secret="not-the-app-secret"))
     assert checks["feishu.token"].failed and "FEISHU_APP_SECRET" in checks["feishu.token"].fix
 
