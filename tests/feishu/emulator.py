@@ -17,7 +17,8 @@ Public API
     ``add_fault(kind, endpoint=None, times=None, probability=None, landed=False)`` and ``clear_faults()``.
 
 Settings (plain attributes; change them at any time):
-    ``latency: float``            seconds every call takes (a write holds its table that long).
+    ``latency: float | dict[str, float]``  seconds every call takes, or per endpoint (``{"batch_update": 0.5}``;
+                                  others then take none). A write holds its table that long.
     ``rate_limits: bool``         enforce the per-endpoint rate limits (HTTP 429, 99991400). Default True.
     ``clock: () -> float``        seconds for rate windows and token lifetimes; replace it to freeze time.
     ``repeat_token_answer: str``  what a ``batch_create`` whose ``client_token`` already created rows answers,
@@ -633,7 +634,7 @@ class FeishuEmulator:
         app_id: str = "cli_test",
         app_secret: str = "test-secret",
         seed: int = 0,
-        latency: float = 0.0,
+        latency: float | dict[str, float] = 0.0,
         rate_limits: bool = True,
         port: int = 0,
     ) -> None:
@@ -820,7 +821,7 @@ class FeishuEmulator:
         self, endpoint: str, params: tuple[str, ...], query: dict[str, str], headers: Any, body: bytes
     ) -> _Answer:
         if endpoint == "unknown":
-            time.sleep(self.latency)
+            time.sleep(self._latency(endpoint))
             # assumption: unknown paths answer 404 with a JSON code
             return self._json(404, {"code": 404, "msg": "404 page not found"})
         drop, marked, early, after = False, None, None, None
@@ -852,7 +853,7 @@ class FeishuEmulator:
                 self._writing.add(params)
                 marked = params
         try:
-            time.sleep(self.latency)
+            time.sleep(self._latency(endpoint))
             if early is not None:
                 answer = early
             else:
@@ -868,6 +869,10 @@ class FeishuEmulator:
             answer.n_records = self._request_size(endpoint, body)
         answer.drop = drop
         return answer
+
+    def _latency(self, endpoint: str) -> float:
+        latency = self.latency
+        return latency.get(endpoint, 0.0) if isinstance(latency, dict) else latency
 
     def _process(
         self, endpoint: str, params: tuple[str, ...], query: dict[str, str], headers: Any, body: bytes

@@ -579,6 +579,130 @@ async def test_lost_answer_async(feishu, records):
     assert feishu.rows(APP_TOKEN, TABLE_ID)[rid]["Attempts"] == 1
 
 
+@pytest.mark.parametrize(
+    ("kind", "code", "status"),
+    [
+        ("conflict", 1254291, 400),
+        ("not_ready", 1254607, 500),
+        ("failed", 1254002, 500),
+        ("1255003", 1255003, 500),
+        ("timeout_code", 1255040, 504),
+        ("too_many", 1254290, 400),
+    ],
+)
+def test_batch_get_answers_with_its_own_pages_statuses(feishu, records, kind, code, status):
+    feishu.add_fault(kind, endpoint="batch_get", times=1)
+    resp = records.batch_get(get_req(["recX"]))
+    assert (resp.code, resp.raw.status_code) == (code, status)
+    assert records.batch_get(get_req(["recX"])).code == 0
+
+
+def test_an_unknown_table_answers_200_on_search_and_404_on_batch_get(feishu, records):
+    search = search_req()
+    search.paths["table_id"] = "tblNOPE"
+    found = records.search(search)
+    assert (found.code, found.raw.status_code) == (1254041, 200)
+    get = get_req(["recX"])
+    get.paths["table_id"] = "tblNOPE"
+    got = records.batch_get(get)
+    assert (got.code, got.raw.status_code) == (1254041, 404)
+
+
+@pytest.mark.parametrize("read_conflicts", [False, True])
+def test_reads_overlapping_a_write_conflict_only_when_read_conflicts_is_on(feishu, client, records, read_conflicts):
+    assert feishu.read_conflicts is False  # the default keeps ordinary tests deterministic
+    feishu.read_conflicts = read_conflicts
+    feishu.rate_limits = False
+    (rid,) = feishu.insert_rows(APP_TOKEN, TABLE_ID, [{"Identifier": "a"}])
+    feishu.add_table(APP_TOKEN, "tblSECOND")
+    other = search_req()
+    other.paths["table_id"] = "tblSECOND"
+    fields = ListAppTableFieldRequest.builder().app_token(APP_TOKEN).table_id(TABLE_ID).build()
+    reads = {
+        "search": lambda: records.search(search_req()),
+        "batch_get": lambda: records.batch_get(get_req([rid])),
+        "fields_list": lambda: client.bitable.v1.app_table_field.list(fields),
+    }
+    assert records.search(search_req()).code == 0  # fetch the token before timing matters
+    feishu.latency = {"batch_update": 0.5}  # the update holds the table; reads answer at once
+    writer = threading.Thread(target=lambda: records.batch_update(update_req([(rid, {"Attempts": 1})])))
+    writer.start()
+    answers: list[tuple[str, int, int]] = []
+    while writer.is_alive():
+        for name, read in reads.items():
+            resp = read()
+            answers.append((name, resp.code, resp.raw.status_code))
+        assert records.search(other).code == 0  # another table is never held
+    writer.join()
+    (write,) = [c for c in feishu.calls if c.endpoint == "batch_update"]
+    assert write.code == 0
+    # the reads that began and ended well inside the write (the emulator's own timings)
+    read_calls = [c for c in feishu.calls if c.endpoint in reads and f"/tables/{TABLE_ID}/" in c.path]
+    inside = [c for c in read_calls if write.t_start + 0.05 < c.t_start and c.t_end < write.t_end - 0.05]
+    assert {c.endpoint for c in inside} == set(reads)
+    assert {c.code for c in inside} == ({1254291} if read_conflicts else {0})
+    if read_conflicts:
+        assert {(c.endpoint, c.http_status) for c in inside} == {
+            ("search", 200),
+            ("batch_get", 400),
+            ("fields_list", 200),
+        }
+    assert {code for _, code, _ in answers} <= {0, 1254291}
+
+
+def test_a_field_create_is_a_write(feishu, client, records):
+    assert records.search(search_req()).code == 0
+    feishu.latency = 0.3
+    barrier = threading.Barrier(2)
+    codes: dict[str, int] = {}
+    body = AppTableField.builder().field_name("Tier").type(1).build()
+
+    def create_field() -> None:
+        barrier.wait()
+        req = CreateAppTableFieldRequest.builder().app_token(APP_TOKEN).table_id(TABLE_ID).request_body(body).build()
+        codes["field"] = client.bitable.v1.app_table_field.create(req).code
+
+    def create_record() -> None:
+        barrier.wait()
+        codes["record"] = records.batch_create(create_req([{"Identifier": "a"}])).code
+
+    threads = [threading.Thread(target=create_field), threading.Thread(target=create_record)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(codes.values()) == [0, 1254291]
+
+
+def test_monthly_quota_answers_99991403_once_spent(feishu, records):
+    feishu.add_bot("hook")
+    feishu.monthly_quota = 3
+    assert [records.search(search_req()).code for _ in range(3)] == [0, 0, 0]
+    assert feishu.monthly_quota == 0
+    spent = records.batch_create(create_req([{"Identifier": "a"}]))
+    assert (spent.code, spent.raw.status_code) == (99991403, 400)
+    assert feishu.rows(APP_TOKEN, TABLE_ID) == {}
+    clear_token_cache()
+    assert records.search(search_req()).code == 99991403  # the token fetch still works, the call does not
+    assert feishu.count("token", 0) == 2
+    bot = requests.post(bot_url(feishu, "hook"), json={"msg_type": "text", "content": {"text": "x"}}, timeout=5)
+    assert bot.json()["code"] == 0  # a bot's webhook is not an app's API call
+    feishu.monthly_quota = None
+    assert records.search(search_req()).code == 0
+
+
+def test_max_response_bytes_answers_1254030_for_a_page_too_large(feishu, records):
+    ids = feishu.insert_rows(APP_TOKEN, TABLE_ID, [{"Identifier": str(i), "Payload": "x" * 2000} for i in range(10)])
+    feishu.max_response_bytes = 5_000
+    big = records.search(search_req(page_size=10))
+    assert (big.code, big.raw.status_code) == (1254030, 200)
+    assert records.search(search_req(page_size=2)).code == 0
+    assert records.search(search_req(page_size=10, field_names=["Identifier"])).code == 0
+    got = records.batch_get(get_req(ids))
+    assert (got.code, got.raw.status_code) == (1254030, 400)
+    assert records.batch_get(get_req(ids[:1])).code == 0
+
+
 # ---- rate limits -------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("endpoint", "limit"), [("search", 20), ("batch_get", 20), ("batch_create", 50)])
 def test_rate_limit_sliding_window(feishu, records, endpoint, limit):
@@ -988,6 +1112,67 @@ async def test_fields_list_pages_and_create(feishu, client, records):
     )
     assert dup.code != 0
     assert feishu.count("fields_create", 0) == 1 and feishu.count("fields_list") == 2
+
+
+def create_field(client, name: str, type_: int, prop: AppTableFieldProperty | None = None):
+    body = AppTableField.builder().field_name(name).type(type_)
+    if prop is not None:
+        body = body.property(prop)
+    req = CreateAppTableFieldRequest.builder().app_token(APP_TOKEN).table_id(TABLE_ID).request_body(body.build())
+    return client.bitable.v1.app_table_field.create(req.build())
+
+
+def test_date_columns_keep_their_date_formatter(feishu, client, records):
+    with_time = AppTableFieldProperty.builder().date_formatter("yyyy/MM/dd HH:mm").auto_fill(False).build()
+    created = create_field(client, "DoneAt", 5, with_time)
+    assert created.code == 0
+    assert (created.data.field.property.date_formatter, created.data.field.property.auto_fill) == (
+        "yyyy/MM/dd HH:mm",
+        False,
+    )
+    assert create_field(client, "Plain", 5).data.field.property.date_formatter == "yyyy/MM/dd"  # the default
+    listed = client.bitable.v1.app_table_field.list(
+        ListAppTableFieldRequest.builder().app_token(APP_TOKEN).table_id(TABLE_ID).page_size(100).build()
+    )
+    formats = {f.field_name: f.property.date_formatter for f in listed.data.items if f.type == 5}
+    assert formats == {
+        "CreatedAt": "yyyy/MM/dd HH:mm",
+        "ClaimedAt": "yyyy/MM/dd HH:mm",
+        "DoneAt": "yyyy/MM/dd HH:mm",
+        "Plain": "yyyy/MM/dd",
+    }
+    assert {f["field_name"]: f["property"] for f in feishu.fields(APP_TOKEN, TABLE_ID)}["DoneAt"] == {
+        "date_formatter": "yyyy/MM/dd HH:mm",
+        "auto_fill": False,
+    }
+
+
+@pytest.mark.parametrize(
+    ("type_", "prop"),
+    [
+        (5, AppTableFieldProperty.builder().date_formatter("HH:mm").build()),
+        (5, AppTableFieldProperty.builder().date_formatter("yyyy/MM/dd hh:mm").build()),
+        (2, AppTableFieldProperty.builder().formatter("0.00000").build()),
+    ],
+)
+def test_column_properties_outside_the_field_guide_are_refused(feishu, client, type_, prop):
+    resp = create_field(client, "Odd", type_, prop)
+    assert resp.code == 1254001
+    assert "Odd" not in {f["field_name"] for f in feishu.fields(APP_TOKEN, TABLE_ID)}
+
+
+def test_auto_fill_must_be_a_boolean(feishu):
+    resp = requests.post(
+        f"{feishu.url}/open-apis/auth/v3/tenant_access_token/internal",
+        json={"app_id": "cli_test", "app_secret": "test-secret"},
+        timeout=5,
+    ).json()
+    headers = {"Authorization": f"Bearer {resp['tenant_access_token']}"}
+    url = f"{feishu.url}/open-apis/bitable/v1/apps/{APP_TOKEN}/tables/{TABLE_ID}/fields"
+    bad = {"field_name": "Odd", "type": 5, "property": {"auto_fill": "yes"}}
+    assert requests.post(url, json=bad, headers=headers, timeout=5).json()["code"] == 1254001
+    with pytest.raises(ValueError, match="1254001"):
+        feishu.add_table(APP_TOKEN, "tblODD", [("When", 5, {"date_formatter": "dd.MM."})])
 
 
 def test_add_table_with_custom_fields(feishu, records):
