@@ -52,6 +52,12 @@ class StoreRejected(ServiceError):
     error = "store_rejected"
 
 
+class QuotaExhausted(StoreRejected):
+    """The Feishu tenant's monthly API quota is used up: every call fails until it resets, so none is retried."""
+
+    error = "quota_exhausted"
+
+
 class BrokerUnavailable(ServiceError):
     status_code = 503
     error = "broker_unavailable"

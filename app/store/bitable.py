@@ -15,7 +15,7 @@ from typing import Any
 from app.config import Settings
 from app.errors import InvalidInput, StoreRejected, StoreUnavailable
 from app.models import NewTask, StatusChange, Stored, TaskPage, TaskRecord, TaskStatus
-from app.store.feishu import AlreadyApplied, FeishuTable, Page, RecordMissing, create_body
+from app.store.feishu import FeishuTable, InvalidRows, MaybeApplied, Page, RecordMissing, create_body
 from app.store.index import IdentifierIndex, State
 from app.store.records import chunked, from_ms, now_ms, to_ms
 
@@ -66,7 +66,14 @@ class _Write:
     body: bytes
 
 
-_Outcome = tuple[list[_Job], dict[str, str] | Exception]  # rows, and their record ids or the error for them
+@dataclass(slots=True)
+class _Outcome:
+    """What became of some rows of a write: those in the table, and the error for the rest."""
+
+    jobs: list[_Job]
+    found: dict[str, str]  # identifier → record id
+    error: Exception | None = None  # None: the rest are unconfirmed, answered as unavailable
+    refused: bool = False  # the table refused these rows for their content: nothing of them was written
 
 
 @dataclass(slots=True)
@@ -354,43 +361,45 @@ class BitableTaskStore:
         outcomes: list[_Outcome] = []
         try:
             try:
-                outcomes.append((write.jobs, await self._create(write.jobs, write.body)))
-            except StoreRejected:
+                outcomes.append(await self._create(write.jobs, write.body))
+            except InvalidRows as exc:
                 groups = [[j for j in write.jobs if j.group == g] for g in dict.fromkeys(j.group for j in write.jobs)]
                 if len(groups) == 1:
-                    raise
+                    outcomes.append(_Outcome(write.jobs, {}, exc, refused=True))
+                    return outcomes
                 for jobs in groups:  # one request's bad row must not fail the requests it was batched with
                     try:
-                        outcomes.append((jobs, await self._create(jobs, create_body([job.row for job in jobs]))))
-                    except StoreRejected as exc:
-                        outcomes.append((jobs, exc))
-        except Exception as exc:  # the writer must outlive any one batch
-            log.exception("bitable writer: batch of %d failed", len(write.jobs))
-            answered = {id(job) for jobs, _ in outcomes for job in jobs}
-            outcomes.append(([job for job in write.jobs if id(job) not in answered], exc))
+                        outcomes.append(await self._create(jobs, create_body([job.row for job in jobs])))
+                    except InvalidRows as exc:
+                        outcomes.append(_Outcome(jobs, {}, exc, refused=True))
+        except Exception as exc:  # the writer must outlive any one batch; the rows stay reserved, looked up if resent
+            if isinstance(exc, StoreUnavailable | StoreRejected):
+                log.warning("bitable writer: batch of %d failed: %s", len(write.jobs), exc.detail)
+            else:
+                log.exception("bitable writer: batch of %d failed", len(write.jobs))
+            answered = {id(job) for outcome in outcomes for job in outcome.jobs}
+            outcomes.append(_Outcome([job for job in write.jobs if id(job) not in answered], {}, exc))
         return outcomes
 
-    async def _create(self, jobs: list[_Job], body: bytes) -> dict[str, str]:
+    async def _create(self, jobs: list[_Job], body: bytes) -> "_Outcome":
+        """One create, every try with the same client_token; an answer that leaves the rows open is looked up."""
         try:
-            return _match_created(jobs, await self.table.batch_create(body, client_token=str(uuid.uuid4())))
-        except AlreadyApplied:
-            return await self._find_identifiers([job.identifier for job in jobs])
+            return _Outcome(jobs, _match_created(jobs, await self.table.batch_create(body, str(uuid.uuid4()))))
+        except MaybeApplied as exc:
+            return _Outcome(jobs, await self._find_identifiers([job.identifier for job in jobs]), exc.refusal)
 
     async def _finish(self, outcomes: list["_Outcome"]) -> None:
         """Mark in the index what the table answered, then answer the requests: a lost mark reads as WRITING."""
-        for jobs, outcome in outcomes:
+        for outcome in outcomes:
             try:
-                if isinstance(outcome, dict):
-                    await asyncio.to_thread(self.index.mark_stored, outcome.items())
-                elif isinstance(outcome, StoreRejected):  # refused: nothing of it was written
-                    await asyncio.to_thread(self.index.forget_writing, [job.identifier for job in jobs])
+                if outcome.found:
+                    await asyncio.to_thread(self.index.mark_stored, outcome.found.items())
+                if outcome.refused:  # only then is it certain nothing was written
+                    await asyncio.to_thread(self.index.forget_writing, [job.identifier for job in outcome.jobs])
             except Exception as exc:
-                log.exception("bitable writer: the index could not record a batch of %d", len(jobs))
-                outcome = exc
-            if isinstance(outcome, dict):
-                self._done(jobs, found=outcome, created=True)
-            else:
-                self._done(jobs, exc=outcome)
+                log.exception("bitable writer: the index could not record a batch of %d", len(outcome.jobs))
+                outcome = _Outcome(outcome.jobs, {}, exc)
+            self._done(outcome.jobs, found=outcome.found, created=True, exc=outcome.error)
 
     def _done(
         self,
@@ -400,7 +409,7 @@ class BitableTaskStore:
         created: bool = False,
         exc: BaseException | None = None,
     ) -> None:
-        """Answer each waiting request once; a row the table did not confirm is answered as unavailable."""
+        """Answer each waiting request once: a row found with its record id, the others with `exc` or as unavailable."""
         missing = exc or StoreUnavailable("Feishu did not confirm every row of a write; send them again")
         for job in jobs:
             self._inflight.pop(job.identifier, None)
@@ -573,8 +582,13 @@ class BitableTaskStore:
         )
         for chunk in chunked([record_id for record_id, _ in doomed], MAX_DELETE):
             async with self._write_lock:
-                await self.table.batch_delete(chunk)
-        return len(doomed)
+                try:
+                    await self.table.batch_delete(chunk)
+                except RecordMissing:  # one went meanwhile (or an earlier try landed): the batch was refused whole
+                    existing = [rid for ids in chunked(chunk, MAX_GET) for rid, _ in await self.table.batch_get(ids)]
+                    if existing:
+                        await self.table.batch_delete(existing)
+        return len(doomed)  # gone from the table, whoever deleted the last of them
 
     async def reindex(self) -> int:
         """Read every Identifier into the index, in parallel parts; identifiers already known stay."""

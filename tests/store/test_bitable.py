@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app.errors import StoreRejected, StoreUnavailable
+from app.errors import QuotaExhausted, StoreRejected, StoreUnavailable
 from app.models import StatusChange, TaskStatus
 from app.store import bitable as bitable_module
 from app.store.bitable import BitableTaskStore, setup_columns
@@ -179,7 +179,7 @@ async def test_transient_faults_are_retried_until_the_write_lands_once(bitable_s
     assert len(feishu.rows(APP_TOKEN, TABLE_ID)) == 10
 
 
-@pytest.mark.parametrize("answer", ["original", "1254608"])
+@pytest.mark.parametrize("answer", ["original", "1254608", "1255006"])
 async def test_a_lost_answer_is_retried_with_the_same_client_token_and_stores_once(bitable_store, feishu, answer):
     feishu.repeat_token_answer = answer
     feishu.add_fault("lost_answer", endpoint="batch_create", times=1)
@@ -189,6 +189,120 @@ async def test_a_lost_answer_is_retried_with_the_same_client_token_and_stores_on
     assert {s.record_id for s in stored} == set(rows)
     assert feishu.count("batch_create") == 2  # a new token on the retry would have written 20 rows
     assert feishu.count("batch_create", code=1254608) == (answer == "1254608")
+    assert feishu.count("batch_create", code=1255006) == (answer == "1255006")
+
+
+# answered with HTTP 200 (the docs' error tables); 1254002 is the emulator's "failed"
+HTTP_200_TRANSIENT = ["failed", "1255001", "1255002", "1255003", "1255004", "1255005"]
+
+
+@pytest.mark.parametrize("landed", [False, True], ids=["not_applied", "landed"])
+@pytest.mark.parametrize("fault", HTTP_200_TRANSIENT)
+async def test_http_200_transient_codes_are_retried_with_the_same_client_token(bitable_store, feishu, fault, landed):
+    feishu.add_fault(fault, endpoint="batch_create", times=1, landed=landed)
+    stored = await bitable_store.add([new_task(n) for n in range(10)])
+    rows = feishu.rows(APP_TOKEN, TABLE_ID)
+    assert len(rows) == 10 and {s.record_id for s in stored} == set(rows)
+    assert all(s.created for s in stored)
+    assert feishu.count("batch_create") == 2
+
+
+@pytest.mark.parametrize("answer", ["original", "1254608", "1255006"])
+async def test_a_create_that_landed_but_was_answered_1254002_is_looked_up_not_written_again(
+    bitable_store, feishu, answer
+):
+    feishu.repeat_token_answer = answer
+    feishu.add_fault("failed", endpoint="batch_create", times=1, landed=True)
+    feishu.reset_calls()
+    stored = await bitable_store.add([new_task(n) for n in range(10)])
+    rows = feishu.rows(APP_TOKEN, TABLE_ID)
+    assert len(rows) == 10 and {s.record_id for s in stored} == set(rows)
+    assert all(s.created for s in stored)
+    # a repeated token's refusal means "may have landed": the rows are found by identifier
+    assert feishu.count("search") == (answer != "original")
+    assert {e.state for e in bitable_store.index.lookup([s.identifier for s in stored]).values()} == {State.STORED}
+
+
+@pytest.mark.parametrize("code", ["99991661", "99991663", "99991664", "99991668"])
+async def test_a_refused_token_is_fetched_again_and_the_call_sent_again(bitable_store, feishu, code):
+    tokens_before = feishu.count("token")
+    feishu.add_fault(code, endpoint="batch_create", times=1)
+    await bitable_store.add([new_task(1)])
+    assert feishu.count("batch_create", code=int(code)) == 1
+    assert feishu.count("token") == tokens_before + 1
+    assert len(feishu.rows(APP_TOKEN, TABLE_ID)) == 1
+
+
+async def test_an_exhausted_quota_is_a_named_error_that_nothing_retries(bitable_store, feishu):
+    feishu.monthly_quota = 0
+    feishu.reset_calls()
+    with pytest.raises(QuotaExhausted, match="quota"):
+        await bitable_store.add([new_task(1)])
+    with pytest.raises(QuotaExhausted):
+        await bitable_store.pending(10)
+    with pytest.raises(QuotaExhausted):
+        await bitable_store.check()
+    assert (feishu.count("batch_create"), feishu.count("search"), feishu.count("fields_list")) == (1, 1, 1)
+    feishu.monthly_quota = None  # the new month: the reserved row is looked up, then written once
+    (stored,) = await bitable_store.add([new_task(1)])
+    assert stored.created and list(feishu.rows(APP_TOKEN, TABLE_ID)) == [stored.record_id]
+
+
+async def test_a_page_too_large_to_send_is_read_again_in_smaller_pages(bitable_store, feishu):
+    stored = await bitable_store.add([new_task(n, blob="x" * 2_000) for n in range(40)])
+    feishu.max_response_bytes = 30_000  # about 12 of these rows
+    feishu.reset_calls()
+    assert len(await bitable_store.pending(40)) == 40
+    # 40 and 20 rows are refused, 10 fit; the pages after the first ask for 10 at once
+    assert (feishu.count("search", code=1254030), feishu.count("search", code=0)) == (2, 4)
+    assert set(await bitable_store.get([s.record_id for s in stored])) == {s.record_id for s in stored}
+    assert feishu.count("batch_get", code=1254030) >= 1
+
+
+async def test_prune_deletes_the_rest_when_a_delete_names_a_row_already_gone(bitable_store, feishu):
+    stored = await bitable_store.add([new_task(n) for n in range(5)])
+    await bitable_store.update([StatusChange(s.record_id, TaskStatus.SUCCESS) for s in stored])
+    feishu.insert_rows(APP_TOKEN, TABLE_ID, [{"Status": "PENDING"}])
+    # the first try lands unanswered; its retry names rows that are gone, and Feishu refuses the batch whole
+    feishu.add_fault("lost_answer", endpoint="batch_delete", times=1)
+    assert await bitable_store.prune(TaskStatus.SUCCESS, datetime.now(UTC) + timedelta(minutes=1)) == 5
+    assert feishu.count("batch_delete", code=1254043) == 1
+    assert [row["Status"] for row in feishu.rows(APP_TOKEN, TABLE_ID).values()] == ["PENDING"]
+
+
+async def test_reads_wait_for_a_write_in_flight_instead_of_meeting_a_conflict(bitable_store, feishu):
+    feishu.read_conflicts = True
+    feishu.latency = 0.05
+    stored = await bitable_store.add([new_task(n) for n in range(5)])
+    changes = [StatusChange(s.record_id, TaskStatus.PROCESSING, attempts=1) for s in stored]
+    feishu.reset_calls()
+    await asyncio.gather(
+        *(bitable_store.add([new_task(100 + n)]) for n in range(5)),
+        bitable_store.update(changes),
+        *(bitable_store.page(TaskStatus.PENDING, 10, None) for _ in range(3)),
+        bitable_store.get([s.record_id for s in stored]),
+        bitable_store.pending(10),
+    )
+    assert feishu.count(code=1254291) == 0
+    assert len(feishu.rows(APP_TOKEN, TABLE_ID)) == 10
+
+
+async def test_a_refusal_that_is_not_a_validation_code_neither_splits_nor_drops_the_batch(feishu, tmp_path):
+    store = await open_store(feishu, tmp_path, feishu_write_linger_ms=50)
+    feishu.add_fault("1254041", endpoint="batch_create", times=1)  # not about the rows: the table is not found
+    feishu.reset_calls()
+    results = await asyncio.gather(
+        store.add([new_task(n) for n in range(3)]),
+        store.add([new_task(n) for n in range(3, 6)]),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, StoreRejected) for r in results)
+    assert feishu.count("batch_create") == 1  # not split into one write per request
+    identifiers = [new_task(n).identifier for n in range(6)]
+    assert {e.state for e in store.index.lookup(identifiers).values()} == {State.WRITING}  # kept, looked up if resent
+    stored = await store.add([new_task(n) for n in range(6)])
+    assert all(s.created for s in stored) and len(feishu.rows(APP_TOKEN, TABLE_ID)) == 6
+    await store.close()
 
 
 async def test_the_rate_limit_reset_header_is_honoured(bitable_store, feishu):
