@@ -97,6 +97,13 @@ async def test_a_wrong_table_id_is_named(feishu, tmp_path):
     assert table.status is Status.FAIL and "FEISHU_BITABLE_TABLE_ID" in table.fix
 
 
+async def test_a_used_up_monthly_quota_is_named(feishu, tmp_path):
+    feishu.monthly_quota = 0
+    checks = await doctor(bitable_settings(feishu, tmp_path / "data"))
+    assert checks["feishu.quota"].status is Status.FAIL and "monthly API quota" in checks["feishu.quota"].fix
+    assert feishu.count("fields_list") == 1  # a used-up quota is not retried
+
+
 async def test_a_bad_app_secret_is_named(feishu, tmp_path):
     checks = await doctor(bitable_settings(feishu, tmp_path / "data", feishu_app_secret="wrong"))
     token = checks["feishu.token"]

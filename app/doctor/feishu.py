@@ -10,7 +10,7 @@ import asyncio
 from typing import Any
 
 from app.doctor.checks import Check, fail, ok, skip, warn
-from app.errors import ServiceError, StoreRejected
+from app.errors import QuotaExhausted, ServiceError, StoreRejected
 from app.store.bitable import OPTIONAL, REQUIRED, BitableTaskStore
 from app.store.feishu import FeishuTable
 
@@ -22,6 +22,7 @@ FEATURES_OFF = {
     "ClaimedAt": "lease recovery is off: a task whose worker died stays PROCESSING",
 }
 SETUP = "run `python -m app setup-bitable` (it adds missing columns; one of the wrong type you rename by hand)"
+QUOTA = "wait for the tenant's monthly API quota to reset, or raise it (the free plan has 10,000 calls a month)"
 CENSUS = "index_count"  # the filter shape whose total is every row holding an identifier
 ACCESS = (
     "check FEISHU_BITABLE_APP_TOKEN and FEISHU_BITABLE_TABLE_ID (from the base's URL: /base/<app_token>?table=<id>) "
@@ -56,6 +57,9 @@ async def feishu_checks(store: BitableTaskStore) -> list[Check]:
 def _access_failed(exc: ServiceError) -> list[Check]:
     """The first call fetches the token, then reads the table: the edge's message names the settings to fix."""
     rest = [skip("feishu.columns", "needs the table"), skip("feishu.filters", "needs the table")]
+    if isinstance(exc, QuotaExhausted):
+        token = ok("feishu.token", "the app's credentials give a tenant token")
+        return [token, fail("feishu.quota", exc.detail, QUOTA), skip("feishu.table", "needs quota"), *rest]
     if "FEISHU_APP_SECRET" in exc.detail:
         fix = "copy FEISHU_APP_ID and FEISHU_APP_SECRET from the app's Credentials page (and FEISHU_DOMAIN: Lark?)"
         return [fail("feishu.token", exc.detail, fix), skip("feishu.table", "needs a tenant token"), *rest]
@@ -87,7 +91,9 @@ async def _search_check(table: FeishuTable, name: str, search: dict[str, Any]) -
         page = await table.search(**search, page_size=1)
     except ServiceError as exc:
         fix = "this service sends a search Feishu refuses: report it with this line"
-        if not isinstance(exc, StoreRejected):
+        if isinstance(exc, QuotaExhausted):
+            fix = QUOTA
+        elif not isinstance(exc, StoreRejected):
             fix = "Feishu did not answer: try again later"
         return fail(f"feishu.filter.{name}", exc.detail, fix), None
     matches = "?" if page.total is None else f"{page.total:,}"
