@@ -5,6 +5,7 @@ failure, with the same lines; an unreachable broker or a missing queue is only a
 own the queue and may start after the service (`/readyz` and every cycle report them).
 """
 
+import asyncio
 import logging
 import tempfile
 from collections.abc import Callable
@@ -37,7 +38,9 @@ async def startup_checks(settings: Settings) -> list[Check]:
     checks = await _checks(settings, startup=True, send_test_card=False)
     refused = [c for c in checks if c.failed and c.blocks_startup]
     for check in checks:
-        if check.status is Status.WARN or (check.failed and not check.blocks_startup):
+        if check in refused:
+            log.error("start-up check %s", check.line())
+        elif check.status in (Status.WARN, Status.FAIL):
             log.warning("start-up check %s", check.line())
     if refused:
         raise StartupRefused("start-up checks failed:\n" + "\n".join(c.line() for c in refused))
@@ -45,14 +48,18 @@ async def startup_checks(settings: Settings) -> list[Check]:
 
 
 async def _checks(settings: Settings, *, startup: bool, send_test_card: bool) -> list[Check]:
-    checks = [_settings_check(settings), data_dir_check(settings)]
-    if settings.store_kind is StoreKind.BITABLE:
-        checks += await _bitable_checks(settings)
-    else:
-        checks.append(ok("store", f"the embedded SQLite store at {settings.data_dir / 'tasks.db'}"))
-    checks += await bot_checks(settings, probe=not startup, send_test_card=send_test_card)
-    checks += await broker_checks(settings, probe_max_priority=not startup)
-    return checks
+    """Feishu, the bot and the broker side by side (an unreachable broker takes BROKER_TIMEOUT_SECONDS)."""
+    store = _bitable_checks(settings) if settings.store_kind is StoreKind.BITABLE else _sqlite_checks(settings)
+    groups = await asyncio.gather(
+        store,
+        bot_checks(settings, probe=not startup, send_test_card=send_test_card),
+        broker_checks(settings, probe_max_priority=not startup),
+    )
+    return [_settings_check(settings), data_dir_check(settings), *(check for group in groups for check in group)]
+
+
+async def _sqlite_checks(settings: Settings) -> list[Check]:
+    return [ok("store", f"the embedded SQLite store at {settings.data_dir / 'tasks.db'}")]
 
 
 def _settings_check(settings: Settings) -> Check:
