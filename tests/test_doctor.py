@@ -104,6 +104,13 @@ async def test_a_used_up_monthly_quota_is_named(feishu, tmp_path):
     assert feishu.count("fields_list") == 1  # a used-up quota is not retried
 
 
+async def test_feishu_out_of_reach_is_named(feishu, tmp_path):
+    settings = bitable_settings(feishu, tmp_path / "data", feishu_retry_attempts=2)
+    feishu.stop()
+    checks = await doctor(settings)
+    assert checks["feishu.token"].status is Status.FAIL and "FEISHU_DOMAIN" in checks["feishu.token"].fix
+
+
 async def test_a_bad_app_secret_is_named(feishu, tmp_path):
     checks = await doctor(bitable_settings(feishu, tmp_path / "data", feishu_app_secret="wrong"))
     token = checks["feishu.token"]
