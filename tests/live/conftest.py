@@ -83,6 +83,20 @@ def live_table_ready(tmp_path_factory: pytest.TempPathFactory) -> None:
         pytest.skip(f"FEISHU_BITABLE_TABLE_ID has {rows} rows: the live suite needs an empty table of its own")
 
 
+# the settings of the emulator's table that tests/conftest.py:bitable_settings fills in
+_SETTINGS_OF_A_TABLE = {
+    "store",
+    "feishu_app_id",
+    "feishu_app_secret",
+    "feishu_bitable_app_token",
+    "feishu_bitable_table_id",
+    "feishu_domain",
+    "feishu_timeout_seconds",
+    "feishu_retry_base_seconds",
+    "feishu_write_linger_ms",
+}
+
+
 @pytest.fixture
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
     if not LIVE:
@@ -96,19 +110,6 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
     target = Target("live", _live_values(), LIVE_ENV["FEISHU_ROBOT_WEBHOOK_URL"], LIVE_ENV["FEISHU_ROBOT_SECRET"])
     yield target
     asyncio.run(_delete_every_row(target.settings(tmp_path / "cleanup")))
-
-
-_SETTINGS_OF_A_TABLE = {
-    "store",
-    "feishu_app_id",
-    "feishu_app_secret",
-    "feishu_bitable_app_token",
-    "feishu_bitable_table_id",
-    "feishu_domain",
-    "feishu_timeout_seconds",
-    "feishu_retry_base_seconds",
-    "feishu_write_linger_ms",
-}
 
 
 async def _delete_every_row(settings: Settings) -> None:
