@@ -149,8 +149,9 @@ def doctor(
         typer.echo(json.dumps({"ok": not exit_code(checks), "checks": [c.as_json() for c in checks]}, indent=2))
     else:
         colours = {"ok": "green", "warn": "yellow", "FAIL": "red", "skip": "dim"}
-        for check in checks:
-            console.print(check.line(), style=colours[check.status.value], markup=False, highlight=False)
+        for check in checks:  # soft_wrap: one line per check, whatever the terminal's width
+            style = colours[check.status.value]
+            console.print(check.line(), style=style, markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(exit_code(checks))
 
 

@@ -27,7 +27,7 @@ class Check:
 
     def line(self) -> str:
         text = f"{self.status.value:<4}  {self.name}: {self.detail}"
-        return f"{text}\n      fix: {self.fix}" if self.fix and self.status in (Status.FAIL, Status.WARN) else text
+        return f"{text} -> fix: {self.fix}" if self.fix and self.status in (Status.FAIL, Status.WARN) else text
 
     def as_json(self) -> dict[str, Any]:
         return {key: str(value) for key, value in asdict(self).items() if key != "blocks_startup"}
