@@ -15,6 +15,9 @@ Public API
     ``calls`` (list of ``Call``), ``count(endpoint=None, code=None)``, ``reset_calls()``; ``expire_tokens()``;
     ``add_bot(token, secret=None)``, ``bot_messages(token)``.
     ``add_fault(kind, endpoint=None, times=None, probability=None, landed=False)`` and ``clear_faults()``.
+Constants: ``ERRORS`` (code -> (HTTP status, msg)), ``BATCH_GET_STATUS`` (batch_get's own statuses),
+``DATE_FORMATTERS``, ``DEFAULT_FIELDS`` (the service's table; its date columns show "yyyy/MM/dd HH:mm"),
+``ENDPOINTS``, ``FAULT_KINDS``, ``bot_sign(timestamp, secret)``. CLI: ``python -m tests.feishu.emulator --help``.
 
 Settings (plain attributes; change them at any time):
     ``latency: float | dict[str, float]``  seconds every call takes, or per endpoint (``{"batch_update": 0.5}``;

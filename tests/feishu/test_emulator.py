@@ -1072,6 +1072,8 @@ def test_sort_and_field_names_limits(feishu, records):
     long_sort = [Sort.builder().field_name("Identifier").desc(False).build() for _ in range(30)]
     assert records.search(search_req(sort=long_sort[:20])).code == 0
     assert records.search(search_req(sort=long_sort)).code == 1254108  # 30 keys are over 1,000 characters
+    too_many = records.search(search_req(sort=[{"field_name": "Identifier"}] * 101))
+    assert (too_many.code, too_many.raw.status_code) == (99992402, 400)  # counted before measured
     assert records.search(search_req(field_names=["Identifier"] * 200)).code == 0
     resp = records.search(search_req(field_names=["Identifier"] * 201))
     assert (resp.code, resp.raw.status_code) == (99992402, 400)
