@@ -598,7 +598,7 @@ class BitableTaskStore:
             *(self._reindex_part(filter_) for filter_ in _reindex_parts()), census
         )
         if None in totals or sum(totals) != expected.total:
-            # the parts rest on `contains` being a substring test, which the reference sheet does not spell out
+            # the parts rest on `contains` being a substring test, which Feishu's docs do not spell out
             log.warning("index rebuild: the parts held %s rows, the table %s; reading it whole", totals, expected.total)
             await self._reindex_part(None)
         self.index.mark_complete(True)

@@ -107,7 +107,7 @@ _PERMANENT_HINTS = {
 }
 _READS = {"search", "batch_get", "fields_list"}
 _MAX_PAGE_SIZE = 500
-# Calls a second per endpoint (the reference sheet's table). Starts are spaced 5% wider than that: the
+# Calls a second per endpoint (docs/feishu.md, the record calls' table). Starts are spaced 5% wider than that: the
 # gateway counts arrivals, which come a few ms late or early, and a 429 costs a second.
 _RATE_LIMITS = {"batch_create": 50, "batch_update": 50, "batch_delete": 50, "batch_get": 20, "search": 20}
 _RATE_MARGIN = 1.05
