@@ -32,7 +32,8 @@ Settings (plain attributes; change them at any time):
                                   write always does. Default False, so ordinary tests stay deterministic;
                                   the fault suites turn it on.
     ``monthly_quota: int | None`` Bitable calls the tenant may still make this month. Each Bitable call that
-                                  passes the token check spends one; at 0 every Bitable call answers 99991403.
+                                  passes the token check spends one, given back when it is answered with a 4xx or
+                                  5xx status; at 0 every Bitable call answers 99991403 (HTTP 429).
                                   None (the default): no quota. The token endpoint and bots do not spend it.
     ``max_response_bytes: int | None``  a ``search`` or ``batch_get`` whose JSON answer would be larger answers
                                   1254030 TooLargeResponse instead. None (the default): no limit.
@@ -75,6 +76,8 @@ Pages (paths on open.feishu.cn/document/uAjLw4CM/ukTMukTMukTM/reference/bitable-
     [token]    自建应用获取 tenant_access_token                /document/server-docs/authentication-management/
                                                               access-token/tenant_access_token_internal
     [codes]    通用错误码 (Generic error codes)               /document/server-docs/api-call-guide/generic-error-code
+    [quota]    自建应用 API 调用量上限调整说明 (Custom app API call limit)
+                                                              /document/platform-notices/platform-updates-/custom-app-api-call-limit
     [bot]      自定义机器人使用指南 (Custom bot guide)         /document/client-docs/bot-v3/add-custom-bot
     [sdk]      lark-oapi: api/bitable/v1/model/batch_delete_app_table_record_response_body.py, delete_record.py
 
@@ -137,8 +140,9 @@ Pages (paths on open.feishu.cn/document/uAjLw4CM/ukTMukTMukTM/reference/bitable-
 | with x-ogw-ratelimit-limit and x-ogw-ratelimit-reset                   |                        |                   |
 | token: {code, msg, tenant_access_token, expire: 7200}; Bitable calls   | 99991663 (400)         | [token] [codes]   |
 | need Authorization: Bearer <token>                                     |                        |                   |
-| 99991661, 99991664, 99991668: token codes (fetch a new token);         | (400)                  | [codes]           |
-| 99991403: the monthly quota is used up                                 |                        |                   |
+| 99991661, 99991664, 99991668: token codes (fetch a new token)          | (400)                  | [codes]           |
+| the monthly quota is used up: every counted call fails until the month | 99991403 (429)         | [quota]           |
+| ends; calls that fail with a 4xx or 5xx status are not counted          |                        |                   |
 | bot: text, post and interactive messages, body at most 20 KB,          | 9499 19021 11232       | [bot]             |
 | signature, 5/s and 100/min                                             |                        |                   |
 
@@ -165,7 +169,7 @@ Assumptions (the docs leave these open; each is marked ``# assumption:`` where i
       ``repeat_token_answer`` whatever the body.
     - batch_delete with one unknown id fails whole with 1254043, like batch_update.
     - ``max_response_bytes`` applies to reads only (``search``, ``batch_get``).
-    - HTTP statuses of the generic codes: 99991661/99991663/99991664/99991668/99991403 answer HTTP 400. A call
+    - HTTP statuses of the generic codes: 99991661/99991663/99991664/99991668 answer HTTP 400. A call
       with no ``Authorization`` header answers 99991661, one with an unknown token 99991663. Bad app credentials
       answer 10014.
     - Rate windows are per endpoint for the whole app; rejected calls do not count; checks run in the order
@@ -297,8 +301,8 @@ ERRORS: dict[int, tuple[int, str]] = {
     1255040: (504, "Request timed out, please try again later"),
     9499: (400, "Bad Request"),  # assumption: the code for a missing or malformed body
     99991400: (429, "request trigger frequency limit"),  # [rate]
+    99991403: (429, "This month's API call quota has been exceeded."),  # [quota]
     # assumption: the generic codes' HTTP status
-    99991403: (400, "This month's API call quota has been exceeded."),
     99991661: (400, "Missing access token for authorization. Please make a request with token attached."),
     99991663: (400, "Invalid access token for authorization. Please make a request with token attached."),
     99991664: (400, "Invalid tenant access token."),
@@ -837,8 +841,10 @@ class FeishuEmulator:
                     early = self._error(ApiError(int(token_fault.kind)), endpoint)
             if early is None and endpoint in BITABLE_ENDPOINTS:
                 early = self._check_token(headers, endpoint)
-            if early is None and endpoint in BITABLE_ENDPOINTS:
+            spent = early is None and endpoint in BITABLE_ENDPOINTS
+            if spent:
                 early = self._spend_quota(endpoint)
+                spent = early is None
             if early is None:
                 fault = self._pick_fault(endpoint, FAULT_KINDS - TOKEN_FAULTS)
                 if fault is not None and fault.kind == "lost_answer":
@@ -868,6 +874,9 @@ class FeishuEmulator:
             if marked is not None:
                 with self._lock:
                     self._writing.discard(marked)
+        if spent and self.monthly_quota is not None and answer.status >= 400:
+            with self._lock:
+                self.monthly_quota += 1  # [quota]: calls that fail with a 4xx or 5xx are not counted
         if endpoint in BATCH_LIMITS:
             answer.n_records = self._request_size(endpoint, body)
         answer.drop = drop

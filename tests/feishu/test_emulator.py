@@ -491,7 +491,7 @@ async def test_overlapping_async_writes_conflict(feishu, records):
         ("1255005", 1255005, 200),
         ("server_error", 1255001, 500),
         ("rate_limit", 99991400, 429),
-        ("quota", 99991403, 400),
+        ("quota", 99991403, 429),
     ],
 )
 def test_json_faults_fire_n_times(feishu, records, kind, code, status):
@@ -680,7 +680,7 @@ def test_monthly_quota_answers_99991403_once_spent(feishu, records):
     assert [records.search(search_req()).code for _ in range(3)] == [0, 0, 0]
     assert feishu.monthly_quota == 0
     spent = records.batch_create(create_req([{"Identifier": "a"}]))
-    assert (spent.code, spent.raw.status_code) == (99991403, 400)
+    assert (spent.code, spent.raw.status_code) == (99991403, 429)
     assert feishu.rows(APP_TOKEN, TABLE_ID) == {}
     clear_token_cache()
     assert records.search(search_req()).code == 99991403  # the token fetch still works, the call does not
@@ -689,6 +689,16 @@ def test_monthly_quota_answers_99991403_once_spent(feishu, records):
     assert bot.json()["code"] == 0  # a bot's webhook is not an app's API call
     feishu.monthly_quota = None
     assert records.search(search_req()).code == 0
+
+
+def test_monthly_quota_does_not_count_calls_that_fail_with_a_4xx_or_5xx(feishu, records):
+    feishu.monthly_quota = 2
+    feishu.add_fault("not_ready", endpoint="search", times=1)  # 1254607 comes with HTTP 400
+    assert records.search(search_req()).code == 1254607
+    assert feishu.monthly_quota == 2
+    feishu.add_fault("failed", endpoint="search", times=1)  # 1254002 comes with HTTP 200: it counts
+    assert records.search(search_req()).code == 1254002
+    assert feishu.monthly_quota == 1
 
 
 def test_max_response_bytes_answers_1254030_for_a_page_too_large(feishu, records):
