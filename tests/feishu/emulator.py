@@ -781,6 +781,8 @@ class FeishuEmulator:
             raise ValueError(f"unknown fault kind {kind!r}")
         if endpoint is not None and endpoint not in ENDPOINTS:
             raise ValueError(f"unknown endpoint {endpoint!r}")
+        if times is not None and times < 1:
+            raise ValueError(f"times must be at least 1 (None: forever), not {times}")
         if landed and kind in UNLANDABLE_FAULTS:
             raise ValueError(f"a {kind!r} fault stops a call before it is served: it cannot follow a landed call")
         with self._lock:

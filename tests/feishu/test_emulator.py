@@ -438,6 +438,11 @@ def test_landed_faults_apply_the_write_and_plain_ones_do_not(feishu, records, ki
     assert feishu.rows(APP_TOKEN, TABLE_ID)[rid]["Attempts"] == 2  # the first was refused, the second landed
 
 
+def test_a_fault_fires_at_least_once_or_is_refused(feishu):
+    with pytest.raises(ValueError, match="at least 1"):
+        feishu.add_fault("conflict", endpoint="batch_create", times=0)
+
+
 @pytest.mark.parametrize("kind", ["rate_limit", "99991400", "quota", "lost_answer", "token_expired", "99991668"])
 def test_faults_that_stop_a_call_cannot_be_landed(feishu, kind):
     with pytest.raises(ValueError, match="cannot follow"):

@@ -416,7 +416,7 @@ async def test_a_permanent_refusal_fails_only_the_request_that_caused_it(feishu,
     feishu.add_table(APP_TOKEN, "tblMIRROR", [*_default_fields(), ("Region", 3)])
     feishu.start()
     store = await open_store(feishu, tmp_path, feishu_bitable_table_id="tblMIRROR", feishu_write_linger_ms=50)
-    feishu.add_fault("conflict", endpoint="batch_create", times=0)
+    feishu.add_fault("conflict", endpoint="batch_create", times=1)
     good = store.add([new_task(n) for n in range(5)])
     bad = store.add([new_task(99, Region="x" * 100_001)])
     results = await asyncio.gather(good, bad, return_exceptions=True)
