@@ -10,7 +10,7 @@ import asyncio
 from typing import Any
 
 from app.doctor.checks import Check, fail, ok, skip, warn
-from app.errors import QuotaExhausted, ServiceError, StoreRejected
+from app.errors import CredentialsRejected, QuotaExhausted, ServiceError, StoreRejected
 from app.store.bitable import OPTIONAL, REQUIRED, BitableTaskStore
 from app.store.feishu import FeishuTable
 
@@ -60,7 +60,7 @@ def _access_failed(exc: ServiceError) -> list[Check]:
     if isinstance(exc, QuotaExhausted):
         token = ok("feishu.token", "the app's credentials give a tenant token")
         return [token, fail("feishu.quota", exc.detail, QUOTA), skip("feishu.table", "needs quota"), *rest]
-    if "FEISHU_APP_SECRET" in exc.detail:
+    if isinstance(exc, CredentialsRejected):
         fix = "copy FEISHU_APP_ID and FEISHU_APP_SECRET from the app's Credentials page (and FEISHU_DOMAIN: Lark?)"
         return [fail("feishu.token", exc.detail, fix), skip("feishu.table", "needs a tenant token"), *rest]
     if not isinstance(exc, StoreRejected):  # unavailable: retried and still down

@@ -26,7 +26,7 @@ import httpx
 import requests
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
-from app.errors import QuotaExhausted, StoreRejected, StoreUnavailable
+from app.errors import CredentialsRejected, QuotaExhausted, StoreRejected, StoreUnavailable
 from app.metrics import FEISHU_CALLS, FEISHU_LATENCY, FEISHU_RETRIES
 
 
@@ -594,7 +594,7 @@ class FeishuTable:
         except ObtainAccessTokenException as exc:
             if exc.code == _RATE_LIMITED:
                 raise _Retry("token endpoint rate limited") from None
-            raise StoreRejected(
+            raise CredentialsRejected(
                 f"Feishu refused the app credentials (code {exc.code}): check FEISHU_APP_ID and FEISHU_APP_SECRET"
             ) from None
         except (requests.RequestException, ValueError) as exc:
