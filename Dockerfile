@@ -1,4 +1,4 @@
-# The service image (DESIGN §8): `docker run -p 8080:80 --env-file .env IMAGE` serves the API on the embedded
+# The service image (README, "Running"): `docker run -p 8080:80 --env-file .env IMAGE` serves the API on the embedded
 # default, or on Bitable and a real broker when .env says so. tests/test_dockerfile.py checks this file.
 FROM python:3.11.14-slim-bookworm
 

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench reliability
+.PHONY: run test test-live lint bench reliability
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# the contract suite, a replenish cycle and doctor on a real Bitable named by FEISHU_* (README: The live suite)
+test-live: $(STAMP)
+	TEST_LIVE=1 $(BIN)/python -m pytest tests/live -rs
 
 lint: $(STAMP)
 	$(BIN)/ruff check app tests

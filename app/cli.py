@@ -132,6 +132,30 @@ def setup_bitable() -> None:
 
 
 @cli.command()
+def doctor(
+    as_json: bool = typer.Option(False, "--json", help="one JSON object instead of lines, for scripts"),
+    send_test_card: bool = typer.Option(False, "--send-test-card", help="also post a test card to the bot"),
+) -> None:
+    """Check the deployment end to end: settings, Feishu, every search filter, the bot, the broker, DATA_DIR."""
+    from app.doctor import exit_code, run_doctor
+
+    def settings():
+        loaded = load_settings()
+        configure_logging(loaded)
+        return loaded
+
+    checks = asyncio.run(run_doctor(settings, send_test_card=send_test_card))
+    if as_json:
+        typer.echo(json.dumps({"ok": not exit_code(checks), "checks": [c.as_json() for c in checks]}, indent=2))
+    else:
+        colours = {"ok": "green", "warn": "yellow", "FAIL": "red", "skip": "dim"}
+        for check in checks:  # soft_wrap: one line per check, whatever the terminal's width
+            style = colours[check.status.value]
+            console.print(check.line(), style=style, markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(exit_code(checks))
+
+
+@cli.command()
 def prune(
     status: Annotated[TaskStatus, typer.Option("--status", help="SUCCESS, FAILED or CANCELLED")],
     older_than: Annotated[float, typer.Option("--older-than", help="days since the task was created")],

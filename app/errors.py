@@ -52,6 +52,16 @@ class StoreRejected(ServiceError):
     error = "store_rejected"
 
 
+class CredentialsRejected(StoreRejected):
+    """Feishu refused the app's id or secret: no call can be made until the settings are fixed."""
+
+
+class QuotaExhausted(StoreRejected):
+    """The Feishu tenant's monthly API quota is used up: every call fails until it resets, so none is retried."""
+
+    error = "quota_exhausted"
+
+
 class BrokerUnavailable(ServiceError):
     status_code = 503
     error = "broker_unavailable"

@@ -11,6 +11,7 @@ from app.api.ops import router as ops_router
 from app.api.tasks import router as tasks_router
 from app.broker import CeleryPublisher
 from app.config import Settings, load_settings
+from app.doctor import startup_checks
 from app.errors import ServiceError
 from app.logs import RequestIdMiddleware, configure_logging
 from app.notify import build_notifier
@@ -47,9 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         current = settings or load_settings()
         configure_logging(current)
+        await startup_checks(current)  # the doctor's read-only checks: a failure stops start-up with its fix
         app.state.api_keys = [key.get_secret_value().encode() for key in current.api_keys]
-        if not app.state.api_keys:
-            log.warning("API_KEYS is empty: every /api route is open to anyone who can reach this port")
         async with running_service(current) as service:
             scheduler = ReplenishScheduler(service, current)
             app.state.settings, app.state.service, app.state.scheduler = current, service, scheduler

@@ -8,7 +8,7 @@ from app.identity import canonical_json, task_identifier
 
 
 def reference_identifier(payload: dict) -> str:
-    """DESIGN §1, written out independently of app.identity."""
+    """docs/design.md, "Identity", written out independently of app.identity."""
     data = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     return hashlib.sha256(data).hexdigest()
 

@@ -4,8 +4,10 @@ import logging
 import time
 
 import pytest
+from fastapi.testclient import TestClient
 
 from app.broker import CeleryPublisher
+from app.main import create_app
 from app.notify import FeishuBot
 from app.service import TaskService
 from app.store.bitable import BitableTaskStore
@@ -70,3 +72,15 @@ async def test_a_bot_that_refuses_every_message_does_not_stop_the_cycle(wired, f
     assert (report.outcome, report.published) == ("published", 3)
     assert feishu.bot_messages("hook") == []
     assert any("19021" in record.getMessage() for record in caplog.records)
+
+
+def test_readyz_and_an_ingest_name_an_exhausted_quota(feishu, tmp_path):
+    with TestClient(create_app(bitable_settings(feishu, tmp_path / "data"))) as client:
+        assert client.get("/readyz").status_code == 200
+        feishu.monthly_quota = 0
+        ready = client.get("/readyz")
+        ingest = client.post("/api/tasks/ingest", json=[{"n": 1}])
+        calls = feishu.count("batch_create")
+    assert ready.status_code == 503 and "quota for this tenant is used up" in ready.json()["checks"]["store"]
+    assert ingest.status_code == 502 and ingest.json()["error"] == "quota_exhausted"
+    assert calls == 1  # refused once, not retried

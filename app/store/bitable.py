@@ -9,13 +9,13 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app.config import Settings
 from app.errors import InvalidInput, StoreRejected, StoreUnavailable
 from app.models import NewTask, StatusChange, Stored, TaskPage, TaskRecord, TaskStatus
-from app.store.feishu import AlreadyApplied, FeishuTable, Page, RecordMissing, create_body
+from app.store.feishu import FeishuTable, InvalidRows, MaybeApplied, Page, RecordMissing, create_body
 from app.store.index import IdentifierIndex, State
 from app.store.records import chunked, from_ms, now_ms, to_ms
 
@@ -30,6 +30,9 @@ REQUIRED = {IDENTIFIER: TEXT, STATUS: SINGLE_SELECT, PAYLOAD: TEXT, CREATED_AT: 
 OPTIONAL = {PRIORITY: NUMBER, ATTEMPTS: NUMBER, CLAIMED_AT: DATE}
 COLUMNS = {**REQUIRED, **OPTIONAL}
 STATUS_OPTIONS = {"options": [{"name": status.value} for status in TaskStatus]}
+# date and time, not the day alone (the field guide's date property: date_formatter, auto_fill)
+DATE_AND_TIME = {"date_formatter": "yyyy/MM/dd HH:mm", "auto_fill": False}
+COLUMN_PROPERTIES = {STATUS: STATUS_OPTIONS, CREATED_AT: DATE_AND_TIME, CLAIMED_AT: DATE_AND_TIME}
 
 MAX_CREATE = 1_000  # records per batch_create / batch_update
 MAX_GET = 100  # record ids per batch_get
@@ -41,6 +44,7 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 # two coins, four parts searched at once; doubled digits, as a pair that overlaps itself is a rarer find: P = 0.505
 _REINDEX_COINS = (("00", "11", "22"), ("33", "44", "55"))
 _NOT_EMPTY = {"field_name": IDENTIFIER, "operator": "isNotEmpty", "value": []}
+_DAY = timedelta(days=1)
 
 
 @dataclass(slots=True)
@@ -62,7 +66,14 @@ class _Write:
     body: bytes
 
 
-_Outcome = tuple[list[_Job], dict[str, str] | Exception]  # rows, and their record ids or the error for them
+@dataclass(slots=True)
+class _Outcome:
+    """What became of some rows of a write: those in the table, and the error for the rest."""
+
+    jobs: list[_Job]
+    found: dict[str, str]  # identifier → record id
+    error: Exception | None = None  # None: the rest are unconfirmed, answered as unavailable
+    refused: bool = False  # the table refused these rows for their content: nothing of them was written
 
 
 @dataclass(slots=True)
@@ -350,43 +361,45 @@ class BitableTaskStore:
         outcomes: list[_Outcome] = []
         try:
             try:
-                outcomes.append((write.jobs, await self._create(write.jobs, write.body)))
-            except StoreRejected:
+                outcomes.append(await self._create(write.jobs, write.body))
+            except InvalidRows as exc:
                 groups = [[j for j in write.jobs if j.group == g] for g in dict.fromkeys(j.group for j in write.jobs)]
                 if len(groups) == 1:
-                    raise
+                    outcomes.append(_Outcome(write.jobs, {}, exc, refused=True))
+                    return outcomes
                 for jobs in groups:  # one request's bad row must not fail the requests it was batched with
                     try:
-                        outcomes.append((jobs, await self._create(jobs, create_body([job.row for job in jobs]))))
-                    except StoreRejected as exc:
-                        outcomes.append((jobs, exc))
-        except Exception as exc:  # the writer must outlive any one batch
-            log.exception("bitable writer: batch of %d failed", len(write.jobs))
-            answered = {id(job) for jobs, _ in outcomes for job in jobs}
-            outcomes.append(([job for job in write.jobs if id(job) not in answered], exc))
+                        outcomes.append(await self._create(jobs, create_body([job.row for job in jobs])))
+                    except InvalidRows as exc:
+                        outcomes.append(_Outcome(jobs, {}, exc, refused=True))
+        except Exception as exc:  # the writer must outlive any one batch; the rows stay reserved, looked up if resent
+            if isinstance(exc, StoreUnavailable | StoreRejected):
+                log.warning("bitable writer: batch of %d failed: %s", len(write.jobs), exc.detail)
+            else:
+                log.exception("bitable writer: batch of %d failed", len(write.jobs))
+            answered = {id(job) for outcome in outcomes for job in outcome.jobs}
+            outcomes.append(_Outcome([job for job in write.jobs if id(job) not in answered], {}, exc))
         return outcomes
 
-    async def _create(self, jobs: list[_Job], body: bytes) -> dict[str, str]:
+    async def _create(self, jobs: list[_Job], body: bytes) -> "_Outcome":
+        """One create, every try with the same client_token; an answer that leaves the rows open is looked up."""
         try:
-            return _match_created(jobs, await self.table.batch_create(body, client_token=str(uuid.uuid4())))
-        except AlreadyApplied:
-            return await self._find_identifiers([job.identifier for job in jobs])
+            return _Outcome(jobs, _match_created(jobs, await self.table.batch_create(body, str(uuid.uuid4()))))
+        except MaybeApplied as exc:
+            return _Outcome(jobs, await self._find_identifiers([job.identifier for job in jobs]), exc.refusal)
 
     async def _finish(self, outcomes: list["_Outcome"]) -> None:
         """Mark in the index what the table answered, then answer the requests: a lost mark reads as WRITING."""
-        for jobs, outcome in outcomes:
+        for outcome in outcomes:
             try:
-                if isinstance(outcome, dict):
-                    await asyncio.to_thread(self.index.mark_stored, outcome.items())
-                elif isinstance(outcome, StoreRejected):  # refused: nothing of it was written
-                    await asyncio.to_thread(self.index.forget_writing, [job.identifier for job in jobs])
+                if outcome.found:
+                    await asyncio.to_thread(self.index.mark_stored, outcome.found.items())
+                if outcome.refused:  # only then is it certain nothing was written
+                    await asyncio.to_thread(self.index.forget_writing, [job.identifier for job in outcome.jobs])
             except Exception as exc:
-                log.exception("bitable writer: the index could not record a batch of %d", len(jobs))
-                outcome = exc
-            if isinstance(outcome, dict):
-                self._done(jobs, found=outcome, created=True)
-            else:
-                self._done(jobs, exc=outcome)
+                log.exception("bitable writer: the index could not record a batch of %d", len(outcome.jobs))
+                outcome = _Outcome(outcome.jobs, {}, exc)
+            self._done(outcome.jobs, found=outcome.found, created=True, exc=outcome.error)
 
     def _done(
         self,
@@ -396,7 +409,7 @@ class BitableTaskStore:
         created: bool = False,
         exc: BaseException | None = None,
     ) -> None:
-        """Answer each waiting request once; a row the table did not confirm is answered as unavailable."""
+        """Answer each waiting request once: a row found with its record id, the others with `exc` or as unavailable."""
         missing = exc or StoreUnavailable("Feishu did not confirm every row of a write; send them again")
         for job in jobs:
             self._inflight.pop(job.identifier, None)
@@ -426,10 +439,9 @@ class BitableTaskStore:
         """Identifier → record id for those present in the table, by `or` searches within the filter limits."""
         found: dict[str, str] = {}
         for chunk in _filter_chunks(list(identifiers)):
-            filter_ = {"conjunction": "or", "conditions": [_is(IDENTIFIER, i) for i in chunk]}
-            token = None
+            search, token = _identifier_search(chunk), None
             while True:
-                page = await self.table.search(filter_=filter_, field_names=[IDENTIFIER], page_token=token)
+                page = await self.table.search(**search, page_token=token)
                 for record_id, fields in page.records:
                     found.setdefault(_plain(fields.get(IDENTIFIER)), record_id)
                 if not (token := page.page_token):
@@ -488,49 +500,62 @@ class BitableTaskStore:
         return fields
 
     async def pending(self, limit: int) -> list[TaskRecord]:
-        sort = [{"field_name": PRIORITY, "desc": True}] if self._schema.has(PRIORITY) else []
-        sort.append({"field_name": CREATED_AT, "desc": False})
-        return await self._search_all(_status_is(TaskStatus.PENDING), sort=sort, limit=limit)
+        return await self._search_all(self._pick_search(), limit=limit)
 
     async def processing(self, claimed_on_or_before: datetime) -> list[TaskRecord]:
         if not self.supports_leases:
             return []
-        filter_ = _status_is(TaskStatus.PROCESSING)
-        # Bitable compares dates by whole days: this is a superset, the service compares exact times
-        filter_["conditions"].append(
-            {
-                "field_name": CLAIMED_AT,
-                "operator": "isLessEqual",
-                "value": ["ExactDate", str(to_ms(claimed_on_or_before))],
-            }
-        )
-        return await self._search_all(filter_)
+        return await self._search_all(self._lease_search(claimed_on_or_before))
 
     @property
     def supports_leases(self) -> bool:
         return self._schema.has(CLAIMED_AT) and self._schema.has(ATTEMPTS)
 
-    async def _search_all(
-        self, filter_: dict[str, Any], sort: list[dict[str, Any]] | None = None, limit: int | None = None
-    ) -> list[TaskRecord]:
+    def filter_shapes(self) -> dict[str, dict[str, Any]]:
+        """One of every search the store sends, named, as keyword arguments for `FeishuTable.search`.
+
+        Built by the helpers the real calls use, so a check can send each (with `page_size=1`) and see a filter
+        Feishu refuses at set-up. The schema must be loaded (`open()` or `load_schema()`): the pick sorts by
+        Priority only when that column exists, and lease recovery is left out when its columns are missing.
+        """
+        now = datetime.now(UTC)
+        return {
+            "pick": self._pick_search(),
+            "count": _count_search(TaskStatus.PENDING),
+            "page": _count_search(None),
+            **({"lease_recovery": self._lease_search(now)} if self.supports_leases else {}),
+            "prune": _prune_search(TaskStatus.SUCCESS, now),
+            "index_count": _census_search(),
+            **{f"index_part_{n}": _part_search(part) for n, part in enumerate(_reindex_parts(), 1)},
+            # a full chunk: the longest lookup filter the store sends
+            "identifier_lookup": _identifier_search(_filter_chunks(["0" * 64] * MAX_CONDITIONS)[0]),
+        }
+
+    def _pick_search(self) -> dict[str, Any]:
+        sort = [{"field_name": PRIORITY, "desc": True}] if self._schema.has(PRIORITY) else []
+        sort.append({"field_name": CREATED_AT, "desc": False})
+        return {"filter_": _status_is(TaskStatus.PENDING), "sort": sort}
+
+    def _lease_search(self, claimed_on_or_before: datetime) -> dict[str, Any]:
+        filter_ = _status_is(TaskStatus.PROCESSING)
+        filter_["conditions"].append(_on_or_before_day(CLAIMED_AT, claimed_on_or_before))
+        return {"filter_": filter_}
+
+    async def _search_all(self, search: dict[str, Any], limit: int | None = None) -> list[TaskRecord]:
         records: list[TaskRecord] = []
         token = None
         while limit is None or len(records) < limit:
             page_size = MAX_PAGE if limit is None else min(MAX_PAGE, limit)
-            page = await self.table.search(filter_=filter_, sort=sort, page_size=page_size, page_token=token)
+            page = await self.table.search(**search, page_size=page_size, page_token=token)
             records += [self._decode(record_id, fields) for record_id, fields in page.records]
             if not (token := page.page_token):
                 break
         return records[:limit]
 
     async def page(self, status: TaskStatus | None, limit: int, page_token: str | None) -> TaskPage:
-        filter_ = _status_is(status) if status else None
         try:
             page = await self.table.search(
-                filter_=filter_,
-                sort=[{"field_name": CREATED_AT, "desc": False}],
-                page_size=min(limit, MAX_PAGE),
-                page_token=page_token,
+                **_count_search(status), page_size=min(limit, MAX_PAGE), page_token=page_token
             )
         except StoreRejected as exc:
             if page_token:
@@ -540,15 +565,11 @@ class BitableTaskStore:
         return TaskPage(items=items, next_page_token=page.page_token, total=page.total)
 
     async def prune(self, status: TaskStatus, created_before: datetime) -> int:
-        filter_ = _status_is(status)
-        # whole days only in the filter: read that day's rows too and compare exact times here
-        filter_["conditions"].append(
-            {"field_name": CREATED_AT, "operator": "isLessEqual", "value": ["ExactDate", str(to_ms(created_before))]}
-        )
+        search = _prune_search(status, created_before)  # whole days: the exact time is compared here
         doomed: list[tuple[str, str | None]] = []
         token = None
         while True:
-            page = await self.table.search(filter_=filter_, field_names=[IDENTIFIER, CREATED_AT], page_token=token)
+            page = await self.table.search(**search, page_token=token)
             for record_id, fields in page.records:
                 created = _number(_plain(fields.get(CREATED_AT)))
                 if created is not None and created < to_ms(created_before):
@@ -561,20 +582,23 @@ class BitableTaskStore:
         )
         for chunk in chunked([record_id for record_id, _ in doomed], MAX_DELETE):
             async with self._write_lock:
-                await self.table.batch_delete(chunk)
-        return len(doomed)
+                try:
+                    await self.table.batch_delete(chunk)
+                except RecordMissing:  # one went meanwhile (or an earlier try landed): the batch was refused whole
+                    existing = [rid for ids in chunked(chunk, MAX_GET) for rid, _ in await self.table.batch_get(ids)]
+                    if existing:
+                        await self.table.batch_delete(existing)
+        return len(doomed)  # gone from the table, whoever deleted the last of them
 
     async def reindex(self) -> int:
         """Read every Identifier into the index, in parallel parts; identifiers already known stay."""
         self.index.mark_complete(False)
-        census = self.table.search(
-            filter_={"conjunction": "and", "conditions": [_NOT_EMPTY]}, field_names=[IDENTIFIER], page_size=1
-        )
+        census = self.table.search(**_census_search(), page_size=1)
         *totals, expected = await _gather_cancelling(
             *(self._reindex_part(filter_) for filter_ in _reindex_parts()), census
         )
         if None in totals or sum(totals) != expected.total:
-            # the parts rest on `contains` being a substring test, which the reference sheet does not spell out
+            # the parts rest on `contains` being a substring test, which Feishu's docs do not spell out
             log.warning("index rebuild: the parts held %s rows, the table %s; reading it whole", totals, expected.total)
             await self._reindex_part(None)
         self.index.mark_complete(True)
@@ -586,7 +610,7 @@ class BitableTaskStore:
         def fetch(token: str | None, rows_left: float) -> asyncio.Future[Page]:
             # the part with the most rows left goes first: the parts end together, none pages alone at the end
             search = self.table.search(
-                filter_=filter_, field_names=[IDENTIFIER], page_size=MAX_PAGE, page_token=token, priority=rows_left
+                **_part_search(filter_), page_size=MAX_PAGE, page_token=token, priority=rows_left
             )
             return asyncio.ensure_future(search)
 
@@ -626,12 +650,12 @@ class BitableTaskStore:
 
 
 async def setup_columns(table: FeishuTable) -> tuple[list[str], list[str]]:
-    """Create every missing service column with its type (Status with its options); answer (created, wrong type)."""
+    """Create every missing service column with its type and property; answer (created, wrong type)."""
     existing = {f.name: f.type for f in await table.list_fields()}
     created, wrong = [], []
     for name, column_type in COLUMNS.items():
         if name not in existing:
-            await table.create_field(name, column_type, STATUS_OPTIONS if name == STATUS else None)
+            await table.create_field(name, column_type, COLUMN_PROPERTIES.get(name))
             created.append(name)
         elif existing[name] != column_type:
             wrong.append(f"{name} (type {existing[name]}, needs {column_type})")
@@ -737,6 +761,37 @@ def _is(field_name: str, value: str) -> dict[str, Any]:
 
 def _status_is(status: TaskStatus) -> dict[str, Any]:
     return {"conjunction": "and", "conditions": [_is(STATUS, status.value)]}
+
+
+def _on_or_before_day(field_name: str, moment: datetime) -> dict[str, Any]:
+    """Dated on or before that day: dates filter by whole days, with is/isEmpty/isNotEmpty/isGreater/isLess only."""
+    return {"field_name": field_name, "operator": "isLess", "value": ["ExactDate", str(to_ms(moment + _DAY))]}
+
+
+def _count_search(status: TaskStatus | None) -> dict[str, Any]:
+    """A page in creation order (the API's list, and with page_size=1 the count of a status)."""
+    return {"filter_": _status_is(status) if status else None, "sort": [{"field_name": CREATED_AT, "desc": False}]}
+
+
+def _prune_search(status: TaskStatus, created_before: datetime) -> dict[str, Any]:
+    filter_ = _status_is(status)
+    filter_["conditions"].append(_on_or_before_day(CREATED_AT, created_before))
+    return {"filter_": filter_, "field_names": [IDENTIFIER, CREATED_AT]}
+
+
+def _census_search() -> dict[str, Any]:
+    return {"filter_": {"conjunction": "and", "conditions": [_NOT_EMPTY]}, "field_names": [IDENTIFIER]}
+
+
+def _part_search(filter_: dict[str, Any] | None) -> dict[str, Any]:
+    return {"filter_": filter_, "field_names": [IDENTIFIER]}
+
+
+def _identifier_search(identifiers: list[str]) -> dict[str, Any]:
+    return {
+        "filter_": {"conjunction": "or", "conditions": [_is(IDENTIFIER, i) for i in identifiers]},
+        "field_names": [IDENTIFIER],
+    }
 
 
 def _filter_chunks(identifiers: list[str]) -> list[list[str]]:

@@ -15,6 +15,9 @@ import logging
 import math
 import sys
 import time
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -23,7 +26,7 @@ import httpx
 import requests
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
-from app.errors import StoreRejected, StoreUnavailable
+from app.errors import CredentialsRejected, QuotaExhausted, StoreRejected, StoreUnavailable
 from app.metrics import FEISHU_CALLS, FEISHU_LATENCY, FEISHU_RETRIES
 
 
@@ -61,25 +64,50 @@ from lark_oapi.core.token.manager import TokenManager  # noqa: E402
 log = logging.getLogger(__name__)
 
 _RATE_LIMITED = 99991400
-_TOKEN_INVALID = 99991663
+_QUOTA_EXHAUSTED = 99991403  # the tenant's monthly API quota: permanent until it resets
+_TOKEN_CODES = {
+    99991661: "token missing",
+    99991663: "token invalid",
+    99991664: "token invalid",
+    99991668: "token expired",
+}
+_FAILED = 1254002
 _RETRY_CODES = {
-    _RATE_LIMITED: "rate limited",
     1254290: "too many requests",
     1254291: "write conflict",
     1254607: "data not ready",
     1255040: "request timed out",
+    # answered with HTTP 200; the search page calls an occasional 1254002 a server timeout to retry
+    _FAILED: "failed (a server timeout)",
+    1255001: "internal error",
+    1255002: "RPC error",
+    1255003: "marshal error",
+    1255004: "unmarshal error",
+    1255005: "conversion error",
 }
-_ALREADY_APPLIED = 1254608  # a repeated client_token
+_REFUSED_BEFORE_WRITING = {1254290, 1254291}  # too many requests, a write conflict: the write did not start
+_REPEATED_TOKEN = {1254608, 1255006}  # the two documented answers to a reused client_token, beside the original
 _RECORD_MISSING = 1254043
-_PERMANENT_HINTS = {
-    1254041: "the table was not found: check FEISHU_BITABLE_APP_TOKEN and FEISHU_BITABLE_TABLE_ID",
+_TOO_LARGE_RESPONSE = 1254030
+# Documented validation codes: the rows themselves were refused, nothing was written, a smaller batch may pass
+_INVALID_ROWS = {
     1254045: "a column named in the write does not exist: run `python -m app setup-bitable`",
+    1254060: "a text cell could not be converted",
+    1254061: "a number cell could not be converted",
+    1254062: "a single select cell could not be converted",
+    1254064: "a date cell could not be converted",
     1254104: "batch too large",
     1254130: "a cell is too large",
+}
+_PERMANENT_HINTS = {
+    1254041: "the table was not found: check FEISHU_BITABLE_APP_TOKEN and FEISHU_BITABLE_TABLE_ID",
     1254018: "invalid search filter",
     1254107: "search filter too long",
+    1254024: "a column named in field_names does not exist: run `python -m app setup-bitable`",
 }
-# Calls a second per endpoint (the reference sheet's table). Starts are spaced 5% wider than that: the
+_READS = {"search", "batch_get", "fields_list"}
+_MAX_PAGE_SIZE = 500
+# Calls a second per endpoint (docs/feishu.md, the record calls' table). Starts are spaced 5% wider than that: the
 # gateway counts arrivals, which come a few ms late or early, and a 429 costs a second.
 _RATE_LIMITS = {"batch_create": 50, "batch_update": 50, "batch_delete": 50, "batch_get": 20, "search": 20}
 _RATE_MARGIN = 1.05
@@ -88,18 +116,105 @@ _RATE_MARGIN = 1.05
 class _Retry(Exception):
     """A failure that another try may fix."""
 
-    def __init__(self, reason: str, wait: float | None = None):
+    def __init__(self, reason: str, wait: float | None = None, *, maybe_applied: bool = True):
         super().__init__(reason)
         self.reason = reason
         self.wait = wait
+        self.maybe_applied = maybe_applied  # False: refused before it reached the table (rate limit, token)
 
 
-class AlreadyApplied(Exception):
-    """The client_token was used before: the write already happened."""
+class _TooLarge(Exception):
+    """The answer would be too large (1254030): ask for fewer rows."""
+
+
+@dataclass(slots=True)
+class _Tries:
+    """What the tries of one call found out."""
+
+    maybe_applied: bool = False  # a try of this write may have landed without its answer saying so
+    token_refreshed: bool = False
+    page_token_failed: bool = False
+
+
+class MaybeApplied(Exception):
+    """A create may have landed, its answer does not say: look its rows up by identifier before writing again.
+
+    Either Feishu answered a reused client_token (1254608 or 1255006), or it refused the create after a try whose
+    answer was lost; then `refusal` is that refusal, for the rows the lookup does not find.
+    """
+
+    def __init__(self, refusal: StoreRejected | None = None):
+        super().__init__(refusal.detail if refusal else "a reused client_token")
+        self.refusal = refusal
+
+
+class InvalidRows(StoreRejected):
+    """Feishu refused the rows of a write for their content (a documented validation code): nothing was written."""
 
 
 class RecordMissing(Exception):
     """A batch named a record id the table does not have; the whole batch was refused."""
+
+
+class _Turns:
+    """Reads share the table, a write has it alone, each in order of arrival.
+
+    Feishu may answer 1254291 to a second write on a table and to a read that arrives during a write: a call
+    that would meet one of ours waits for it instead, which costs no quota and no backoff.
+    """
+
+    def __init__(self) -> None:
+        self._reading = 0
+        self._writing = False
+        self._waiting: deque[tuple[bool, asyncio.Future[None]]] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @asynccontextmanager
+    async def take(self, write: bool) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # another event loop: the last one's holders and waiters went with it
+            self._loop, self._reading, self._writing, self._waiting = loop, 0, False, deque()
+        if self._waiting or not self._free(write):
+            waiter = (write, loop.create_future())
+            self._waiting.append(waiter)
+            try:
+                await waiter[1]
+            except BaseException:
+                if waiter[1].done() and not waiter[1].cancelled():
+                    self._release(write)  # granted as it was cancelled: pass the turn on
+                elif waiter in self._waiting:
+                    self._waiting.remove(waiter)
+                    self._grant()
+                raise
+        else:
+            self._hold(write)
+        try:
+            yield
+        finally:
+            self._release(write)
+
+    def _free(self, write: bool) -> bool:
+        return not self._writing and not (write and self._reading)
+
+    def _hold(self, write: bool) -> None:
+        if write:
+            self._writing = True
+        else:
+            self._reading += 1
+
+    def _release(self, write: bool) -> None:
+        if write:
+            self._writing = False
+        else:
+            self._reading -= 1
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiting and self._free(self._waiting[0][0]):
+            write, future = self._waiting.popleft()
+            if not future.done():  # a cancelled waiter gives its turn to the next
+                self._hold(write)
+                future.set_result(None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +299,8 @@ class FeishuTable:
         self._http: httpx.AsyncClient | None = None
         self._http_loop: asyncio.AbstractEventLoop | None = None
         self._token_fetch: asyncio.Future[str] | None = None
+        self._turns = _Turns()
+        self._page_sizes: dict[str, int] = {}  # page token → the smaller page size its search fell back to
         self.calls = 0  # every HTTP attempt to the Bitable API, for tests and benchmarks
 
     @classmethod
@@ -226,28 +343,57 @@ class FeishuTable:
         await self._call("fields_create", "POST", "/fields", body=body)
 
     async def batch_create(self, body: bytes, client_token: str) -> list[tuple[str, dict[str, Any]]]:
-        """Create the rows of a `create_body`; raise AlreadyApplied when the token was seen before, answer lost."""
-        data = await self._call(
-            "batch_create",
-            "POST",
-            "/records/batch_create",
-            query={"client_token": client_token},
-            body=body,
-            special={_ALREADY_APPLIED},
-        )
+        """Create the rows of a `create_body`, every try with the same client_token.
+
+        Raise MaybeApplied when an answer leaves open whether the rows landed, InvalidRows when Feishu refused them
+        for their content (nothing written).
+        """
+        tries = _Tries()
+        try:
+            data = await self._call(
+                "batch_create",
+                "POST",
+                "/records/batch_create",
+                query={"client_token": client_token},
+                body=body,
+                special={code: MaybeApplied for code in _REPEATED_TOKEN},
+                tries=tries,
+            )
+        except StoreRejected as exc:
+            if tries.maybe_applied:
+                raise MaybeApplied(exc) from None
+            raise
         return _records(data.get("records"))
 
     async def batch_update(self, rows: list[tuple[str, dict[str, Any]]]) -> None:
         """Update rows; raise RecordMissing when one record id is unknown (nothing is applied then)."""
         body = {"records": [{"record_id": record_id, "fields": fields} for record_id, fields in rows]}
-        await self._call("batch_update", "POST", "/records/batch_update", body=body, special={_RECORD_MISSING})
+        await self._call(
+            "batch_update", "POST", "/records/batch_update", body=body, special={_RECORD_MISSING: RecordMissing}
+        )
 
     async def batch_delete(self, record_ids: list[str]) -> None:
+        """Delete rows; raise RecordMissing when one record id is unknown (nothing is deleted then)."""
         body = {"records": record_ids}
-        await self._call("batch_delete", "POST", "/records/batch_delete", body=body, special={_RECORD_MISSING})
+        await self._call(
+            "batch_delete", "POST", "/records/batch_delete", body=body, special={_RECORD_MISSING: RecordMissing}
+        )
 
     async def batch_get(self, record_ids: list[str]) -> list[tuple[str, dict[str, Any]]]:
-        data = await self._call("batch_get", "POST", "/records/batch_get", body={"record_ids": record_ids})
+        """The rows that exist; an answer too large to send is asked for again in halves."""
+        try:
+            data = await self._call(
+                "batch_get",
+                "POST",
+                "/records/batch_get",
+                body={"record_ids": record_ids},
+                special={_TOO_LARGE_RESPONSE: _TooLarge},
+            )
+        except _TooLarge:
+            if len(record_ids) == 1:
+                raise StoreRejected(f"Feishu batch_get: record {record_ids[0]} is too large to read") from None
+            half = len(record_ids) // 2
+            return [*await self.batch_get(record_ids[:half]), *await self.batch_get(record_ids[half:])]
         return _records(data.get("records"))
 
     async def search(
@@ -260,7 +406,11 @@ class FeishuTable:
         page_token: str | None = None,
         priority: float = math.inf,
     ) -> Page:
-        """One page; `priority` orders the searches that wait for the rate limit (the highest first)."""
+        """One page; `priority` orders the searches that wait for the rate limit (the highest first).
+
+        A page too large to send (1254030) is asked for again at half the size, and the pages after it keep
+        the smaller size.
+        """
         body: dict[str, Any] = {}  # never absent: a search with no body answers 9499
         if filter_:
             body["filter"] = filter_
@@ -268,13 +418,31 @@ class FeishuTable:
             body["sort"] = sort
         if field_names:
             body["field_names"] = field_names
-        query = {"page_size": page_size, **({"page_token": page_token} if page_token else {})}
-        data = await self._call("search", "POST", "/records/search", query=query, body=body, priority=priority)
-        return Page(
-            records=_records(data.get("items")),
-            page_token=data.get("page_token") if data.get("has_more") else None,
-            total=data.get("total"),
-        )
+        if page_token in self._page_sizes:
+            page_size = min(page_size, self._page_sizes.pop(page_token))
+        while True:
+            query = {"page_size": page_size, **({"page_token": page_token} if page_token else {})}
+            try:
+                data = await self._call(
+                    "search",
+                    "POST",
+                    "/records/search",
+                    query=query,
+                    body=body,
+                    priority=priority,
+                    special={_TOO_LARGE_RESPONSE: _TooLarge},
+                )
+                break
+            except _TooLarge:
+                if page_size == 1:
+                    raise StoreRejected("Feishu search: a single row is too large to read") from None
+                page_size //= 2
+        next_token = data.get("page_token") if data.get("has_more") else None
+        if next_token and page_size < _MAX_PAGE_SIZE:
+            self._page_sizes[next_token] = page_size
+            while len(self._page_sizes) > 1_000:  # searches abandoned midway leave theirs behind
+                del self._page_sizes[next(iter(self._page_sizes))]
+        return Page(records=_records(data.get("items")), page_token=next_token, total=data.get("total"))
 
     # ---- the edge -------------------------------------------------------------------------------
 
@@ -286,10 +454,12 @@ class FeishuTable:
         *,
         query: dict[str, Any] | None = None,
         body: dict[str, Any] | bytes | None = None,
-        special: set[int] | None = None,
+        special: dict[int, type[Exception]] | None = None,
         priority: float = math.inf,
+        tries: _Tries | None = None,
     ) -> dict[str, Any]:
         content = _encode(body) if isinstance(body, dict) else body
+        tries = tries or _Tries()
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._attempts),
             wait=self._wait,
@@ -300,7 +470,11 @@ class FeishuTable:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._once(endpoint, method, path, query, content, special, priority)
+                    try:
+                        return await self._once(endpoint, method, path, query, content, special, priority, tries)
+                    except _Retry as exc:
+                        tries.maybe_applied = tries.maybe_applied or exc.maybe_applied
+                        raise
         except _Retry as exc:
             raise StoreUnavailable(
                 f"Feishu {endpoint} failed {self._attempts} times; last: {exc.reason}",
@@ -315,28 +489,32 @@ class FeishuTable:
         path: str,
         query: dict[str, Any] | None,
         content: bytes | None,
-        special: set[int] | None,
+        special: dict[int, type[Exception]] | None,
         priority: float,
+        tries: _Tries,
     ) -> dict[str, Any]:
         client = self._client()  # first: building it (a TLS context) overlaps a token fetch
         token = await self._tenant_token()
-        if endpoint in self._pacers:
-            await self._pacers[endpoint].wait(priority)
-        self.calls += 1
-        started = time.perf_counter()
-        headers = {"Authorization": f"Bearer {token}", **({"Content-Type": "application/json"} if content else {})}
-        try:
-            response = await client.request(method, self._url + path, params=query, content=content, headers=headers)
-            answer = json.loads(response.content)
-        except httpx.TimeoutException:
-            self._observe(endpoint, "timeout", started)
-            raise _Retry(f"timed out after {time.perf_counter() - started:.1f}s") from None
-        except httpx.HTTPError as exc:
-            self._observe(endpoint, "transport", started)
-            raise _Retry(f"connection failed: {type(exc).__name__}") from None
-        except ValueError as exc:  # a gateway's HTML page instead of JSON
-            self._observe(endpoint, "not_json", started)
-            raise _Retry(f"answer was not Feishu JSON ({type(exc).__name__})") from None
+        async with self._turns.take(write=endpoint not in _READS):
+            if endpoint in self._pacers:
+                await self._pacers[endpoint].wait(priority)
+            self.calls += 1
+            started = time.perf_counter()
+            headers = {"Authorization": f"Bearer {token}", **({"Content-Type": "application/json"} if content else {})}
+            try:
+                response = await client.request(
+                    method, self._url + path, params=query, content=content, headers=headers
+                )
+                answer = json.loads(response.content)
+            except httpx.TimeoutException:
+                self._observe(endpoint, "timeout", started)
+                raise _Retry(f"timed out after {time.perf_counter() - started:.1f}s") from None
+            except httpx.HTTPError as exc:
+                self._observe(endpoint, "transport", started)
+                raise _Retry(f"connection failed: {type(exc).__name__}") from None
+            except ValueError as exc:  # a gateway's HTML page instead of JSON
+                self._observe(endpoint, "not_json", started)
+                raise _Retry(f"answer was not Feishu JSON ({type(exc).__name__})") from None
         if not isinstance(answer, dict):
             self._observe(endpoint, "not_json", started)
             raise _Retry("answer was not a Feishu JSON object")
@@ -346,14 +524,30 @@ class FeishuTable:
         if code == 0:
             return answer.get("data") or {}
         if special and code in special:
-            raise AlreadyApplied() if code == _ALREADY_APPLIED else RecordMissing()
-        if code == _TOKEN_INVALID:
+            raise special[code]()
+        if code in _TOKEN_CODES:
             self._forget_token()
-            raise _Retry("tenant token expired", wait=0)
-        if status == 429 or code in _RETRY_CODES:
-            raise _Retry(_RETRY_CODES.get(code, f"HTTP {status}"), wait=_reset_seconds(response))
+            # the first at once with a new token; a fresh token refused too backs off, within the attempts
+            wait, tries.token_refreshed = (None if tries.token_refreshed else 0), True
+            raise _Retry(f"tenant {_TOKEN_CODES[code]} (code {code})", wait=wait, maybe_applied=False)
+        if code == _QUOTA_EXHAUSTED:
+            raise QuotaExhausted(
+                "Feishu's monthly API quota for this tenant is used up (code 99991403): every Feishu call fails "
+                "until it resets; the free plan allows 10,000 calls a month for all custom apps together"
+            )
+        if status == 429 or code == _RATE_LIMITED:
+            raise _Retry("rate limited", wait=_reset_seconds(response), maybe_applied=False)
+        if code == _FAILED and query and query.get("page_token"):
+            if tries.page_token_failed:  # the docs give 1254002 for an invalid page_token too
+                raise StoreRejected(f"Feishu {endpoint} refused the page_token twice (code {code}): it may be invalid")
+            tries.page_token_failed = True
+        if code in _RETRY_CODES:
+            refused = code in _REFUSED_BEFORE_WRITING
+            raise _Retry(_RETRY_CODES[code], wait=_reset_seconds(response), maybe_applied=not refused)
         if status >= 500:
             raise _Retry(f"HTTP {status} (code {code})")
+        if code in _INVALID_ROWS:
+            raise InvalidRows(f"Feishu {endpoint} refused the rows: code {code}: {_INVALID_ROWS[code]}")
         hint = _PERMANENT_HINTS.get(code, answer.get("msg") or "")
         raise StoreRejected(f"Feishu {endpoint} refused the request: code {code}: {hint}")
 
@@ -400,7 +594,7 @@ class FeishuTable:
         except ObtainAccessTokenException as exc:
             if exc.code == _RATE_LIMITED:
                 raise _Retry("token endpoint rate limited") from None
-            raise StoreRejected(
+            raise CredentialsRejected(
                 f"Feishu refused the app credentials (code {exc.code}): check FEISHU_APP_ID and FEISHU_APP_SECRET"
             ) from None
         except (requests.RequestException, ValueError) as exc:

@@ -1,5 +1,5 @@
 """Schemathesis fuzzes every operation of the service's own OpenAPI, in-process, on the embedded default: no
-answer is a 5xx, and every 4xx is the contract's `{"error", "detail"}` JSON (DESIGN §2)."""
+answer is a 5xx, and every 4xx is the contract's `{"error", "detail"}` JSON (docs/api.md, "Errors")."""
 
 from pathlib import Path
 

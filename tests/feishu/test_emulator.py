@@ -172,8 +172,10 @@ def test_sdk_with_wrong_secret_cannot_obtain_token(feishu):
         wrong.bitable.v1.app_table_record.search(search_req())
 
 
-@pytest.mark.parametrize("header", [None, "Bearer t-unknown", "t-no-bearer"])
-def test_bitable_calls_need_a_valid_bearer_token(feishu, header):
+@pytest.mark.parametrize(
+    ("header", "code"), [(None, 99991661), ("Bearer t-unknown", 99991663), ("t-no-bearer", 99991663)]
+)
+def test_bitable_calls_need_a_valid_bearer_token(feishu, header, code):
     headers = {"Authorization": header} if header else {}
     resp = requests.post(
         f"{feishu.url}/open-apis/bitable/v1/apps/{APP_TOKEN}/tables/{TABLE_ID}/records/search",
@@ -181,7 +183,19 @@ def test_bitable_calls_need_a_valid_bearer_token(feishu, header):
         headers=headers,
         timeout=5,
     )
-    assert resp.status_code == 400 and resp.json()["code"] == 99991663
+    assert resp.status_code == 400 and resp.json()["code"] == code
+
+
+@pytest.mark.parametrize("code", [99991661, 99991663, 99991664, 99991668])
+def test_token_faults_answer_their_code_and_make_the_sdk_fetch_a_new_token(feishu, records, code):
+    assert records.search(search_req()).code == 0
+    feishu.add_fault(str(code), endpoint="search", times=1)
+    resp = records.search(search_req())
+    assert (resp.code, resp.raw.status_code) == (code, 400)
+    assert records.search(search_req()).code == 99991663  # the old token is gone: the SDK's cached one fails
+    clear_token_cache()
+    assert records.search(search_req()).code == 0
+    assert feishu.count("token") == 2
 
 
 def test_expire_tokens_then_refetch_after_clearing_sdk_cache(feishu, records):
@@ -369,13 +383,70 @@ def test_repeated_client_token_answers_the_original(feishu, records):
     assert len(feishu.rows(APP_TOKEN, TABLE_ID)) == 1
 
 
-async def test_repeated_client_token_answers_1254608(feishu, records):
-    feishu.repeat_token_answer = "1254608"
+@pytest.mark.parametrize(
+    ("answer", "status", "msg"),
+    [
+        ("1254608", 403, "Same API requests are submitted repeatedly."),
+        ("1255006", 400, "Client token conflict, please generate a new client token and try again."),
+    ],
+)
+async def test_repeated_client_token_answers_a_documented_refusal(feishu, records, answer, status, msg):
+    feishu.repeat_token_answer = answer
     token = "8a3c7f3e-0000-4000-8000-000000000002"
     assert (await records.abatch_create(create_req([{"Identifier": "a"}], client_token=token))).code == 0
     again = await records.abatch_create(create_req([{"Identifier": "b"}], client_token=token))
-    assert (again.code, again.msg) == (1254608, "same request submitted repeatedly")
+    assert (again.code, again.raw.status_code, again.msg) == (int(answer), status, msg)
     assert len(feishu.rows(APP_TOKEN, TABLE_ID)) == 1
+
+
+@pytest.mark.parametrize("token", ["tok-1", "8a3c7f3e-0000-1000-8000-000000000001", "8A3C7F3E00004000800000000000000"])
+def test_client_token_must_be_a_uuid4(feishu, records, token):
+    resp = records.batch_create(create_req([{"Identifier": "a"}], client_token=token))
+    assert (resp.code, resp.raw.status_code) == (1254037, 400)
+    assert feishu.rows(APP_TOKEN, TABLE_ID) == {}
+
+
+@pytest.mark.parametrize("repeat", ["original", "1254608", "1255006"])
+def test_a_create_that_landed_but_answered_1254002_is_stored_once_when_resent(feishu, records, repeat):
+    feishu.repeat_token_answer = repeat
+    feishu.add_fault("failed", endpoint="batch_create", times=1, landed=True)
+    token = "8a3c7f3e-0000-4000-8000-000000000004"
+    first = records.batch_create(create_req([{"Identifier": "a"}, {"Identifier": "b"}], client_token=token))
+    assert (first.code, first.raw.status_code) == (1254002, 200)
+    landed = feishu.rows(APP_TOKEN, TABLE_ID)
+    assert sorted(f["Identifier"] for f in landed.values()) == ["a", "b"]
+    again = records.batch_create(create_req([{"Identifier": "a"}, {"Identifier": "b"}], client_token=token))
+    if repeat == "original":
+        assert again.code == 0 and [r.record_id for r in again.data.records] == list(landed)
+    else:
+        assert again.code == int(repeat)
+    assert feishu.rows(APP_TOKEN, TABLE_ID) == landed
+
+
+@pytest.mark.parametrize("kind", ["1254002", "1255001", "1255002", "1255003", "1255004", "1255005", "html_502"])
+def test_landed_faults_apply_the_write_and_plain_ones_do_not(feishu, records, kind):
+    (rid,) = feishu.insert_rows(APP_TOKEN, TABLE_ID, [{"Identifier": "a", "Attempts": 0}])
+    feishu.add_fault(kind, endpoint="batch_update", times=1)
+    feishu.add_fault(kind, endpoint="batch_update", times=1, landed=True)
+    for attempts in (1, 2):
+        if kind == "html_502":
+            with pytest.raises(ValueError):
+                records.batch_update(update_req([(rid, {"Attempts": attempts})]))
+        else:
+            resp = records.batch_update(update_req([(rid, {"Attempts": attempts})]))
+            assert (resp.code, resp.raw.status_code) == (int(kind), 200)
+    assert feishu.rows(APP_TOKEN, TABLE_ID)[rid]["Attempts"] == 2  # the first was refused, the second landed
+
+
+def test_a_fault_fires_at_least_once_or_is_refused(feishu):
+    with pytest.raises(ValueError, match="at least 1"):
+        feishu.add_fault("conflict", endpoint="batch_create", times=0)
+
+
+@pytest.mark.parametrize("kind", ["rate_limit", "99991400", "quota", "lost_answer", "token_expired", "99991668"])
+def test_faults_that_stop_a_call_cannot_be_landed(feishu, kind):
+    with pytest.raises(ValueError, match="cannot follow"):
+        feishu.add_fault(kind, endpoint="batch_create", landed=True)
 
 
 def test_overlapping_writes_on_one_table_conflict(feishu, records):
@@ -417,11 +488,15 @@ async def test_overlapping_async_writes_conflict(feishu, records):
     ("kind", "code", "status"),
     [
         ("conflict", 1254291, 200),
-        ("not_ready", 1254607, 200),
+        ("not_ready", 1254607, 400),
         ("too_many", 1254290, 200),
-        ("timeout_code", 1255040, 200),
+        ("timeout_code", 1255040, 504),
+        ("failed", 1254002, 200),
+        ("1255001", 1255001, 200),
+        ("1255005", 1255005, 200),
         ("server_error", 1255001, 500),
         ("rate_limit", 99991400, 429),
+        ("quota", 99991403, 429),
     ],
 )
 def test_json_faults_fire_n_times(feishu, records, kind, code, status):
@@ -509,6 +584,140 @@ async def test_lost_answer_async(feishu, records):
     assert feishu.rows(APP_TOKEN, TABLE_ID)[rid]["Attempts"] == 1
 
 
+@pytest.mark.parametrize(
+    ("kind", "code", "status"),
+    [
+        ("conflict", 1254291, 400),
+        ("not_ready", 1254607, 500),
+        ("failed", 1254002, 500),
+        ("1255003", 1255003, 500),
+        ("timeout_code", 1255040, 504),
+        ("too_many", 1254290, 400),
+    ],
+)
+def test_batch_get_answers_with_its_own_pages_statuses(feishu, records, kind, code, status):
+    feishu.add_fault(kind, endpoint="batch_get", times=1)
+    resp = records.batch_get(get_req(["recX"]))
+    assert (resp.code, resp.raw.status_code) == (code, status)
+    assert records.batch_get(get_req(["recX"])).code == 0
+
+
+def test_an_unknown_table_answers_200_on_search_and_404_on_batch_get(feishu, records):
+    search = search_req()
+    search.paths["table_id"] = "tblNOPE"
+    found = records.search(search)
+    assert (found.code, found.raw.status_code) == (1254041, 200)
+    get = get_req(["recX"])
+    get.paths["table_id"] = "tblNOPE"
+    got = records.batch_get(get)
+    assert (got.code, got.raw.status_code) == (1254041, 404)
+
+
+@pytest.mark.parametrize("read_conflicts", [False, True])
+def test_reads_overlapping_a_write_conflict_only_when_read_conflicts_is_on(feishu, client, records, read_conflicts):
+    assert feishu.read_conflicts is False  # the default keeps ordinary tests deterministic
+    feishu.read_conflicts = read_conflicts
+    feishu.rate_limits = False
+    (rid,) = feishu.insert_rows(APP_TOKEN, TABLE_ID, [{"Identifier": "a"}])
+    feishu.add_table(APP_TOKEN, "tblSECOND")
+    other = search_req()
+    other.paths["table_id"] = "tblSECOND"
+    fields = ListAppTableFieldRequest.builder().app_token(APP_TOKEN).table_id(TABLE_ID).build()
+    reads = {
+        "search": lambda: records.search(search_req()),
+        "batch_get": lambda: records.batch_get(get_req([rid])),
+        "fields_list": lambda: client.bitable.v1.app_table_field.list(fields),
+    }
+    assert records.search(search_req()).code == 0  # fetch the token before timing matters
+    feishu.latency = {"batch_update": 0.5}  # the update holds the table; reads answer at once
+    writer = threading.Thread(target=lambda: records.batch_update(update_req([(rid, {"Attempts": 1})])))
+    writer.start()
+    answers: list[tuple[str, int, int]] = []
+    while writer.is_alive():
+        for name, read in reads.items():
+            resp = read()
+            answers.append((name, resp.code, resp.raw.status_code))
+        assert records.search(other).code == 0  # another table is never held
+    writer.join()
+    (write,) = [c for c in feishu.calls if c.endpoint == "batch_update"]
+    assert write.code == 0
+    # the reads that began and ended well inside the write (the emulator's own timings)
+    read_calls = [c for c in feishu.calls if c.endpoint in reads and f"/tables/{TABLE_ID}/" in c.path]
+    inside = [c for c in read_calls if write.t_start + 0.05 < c.t_start and c.t_end < write.t_end - 0.05]
+    assert {c.endpoint for c in inside} == set(reads)
+    assert {c.code for c in inside} == ({1254291} if read_conflicts else {0})
+    if read_conflicts:
+        assert {(c.endpoint, c.http_status) for c in inside} == {
+            ("search", 200),
+            ("batch_get", 400),
+            ("fields_list", 200),
+        }
+    assert {code for _, code, _ in answers} <= {0, 1254291}
+
+
+def test_a_field_create_is_a_write(feishu, client, records):
+    assert records.search(search_req()).code == 0
+    feishu.latency = 0.3
+    barrier = threading.Barrier(2)
+    codes: dict[str, int] = {}
+    body = AppTableField.builder().field_name("Tier").type(1).build()
+
+    def create_field() -> None:
+        barrier.wait()
+        req = CreateAppTableFieldRequest.builder().app_token(APP_TOKEN).table_id(TABLE_ID).request_body(body).build()
+        codes["field"] = client.bitable.v1.app_table_field.create(req).code
+
+    def create_record() -> None:
+        barrier.wait()
+        codes["record"] = records.batch_create(create_req([{"Identifier": "a"}])).code
+
+    threads = [threading.Thread(target=create_field), threading.Thread(target=create_record)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(codes.values()) == [0, 1254291]
+
+
+def test_monthly_quota_answers_99991403_once_spent(feishu, records):
+    feishu.add_bot("hook")
+    feishu.monthly_quota = 3
+    assert [records.search(search_req()).code for _ in range(3)] == [0, 0, 0]
+    assert feishu.monthly_quota == 0
+    spent = records.batch_create(create_req([{"Identifier": "a"}]))
+    assert (spent.code, spent.raw.status_code) == (99991403, 429)
+    assert feishu.rows(APP_TOKEN, TABLE_ID) == {}
+    clear_token_cache()
+    assert records.search(search_req()).code == 99991403  # the token fetch still works, the call does not
+    assert feishu.count("token", 0) == 2
+    bot = requests.post(bot_url(feishu, "hook"), json={"msg_type": "text", "content": {"text": "x"}}, timeout=5)
+    assert bot.json()["code"] == 0  # a bot's webhook is not an app's API call
+    feishu.monthly_quota = None
+    assert records.search(search_req()).code == 0
+
+
+def test_monthly_quota_does_not_count_calls_that_fail_with_a_4xx_or_5xx(feishu, records):
+    feishu.monthly_quota = 2
+    feishu.add_fault("not_ready", endpoint="search", times=1)  # 1254607 comes with HTTP 400
+    assert records.search(search_req()).code == 1254607
+    assert feishu.monthly_quota == 2
+    feishu.add_fault("failed", endpoint="search", times=1)  # 1254002 comes with HTTP 200: it counts
+    assert records.search(search_req()).code == 1254002
+    assert feishu.monthly_quota == 1
+
+
+def test_max_response_bytes_answers_1254030_for_a_page_too_large(feishu, records):
+    ids = feishu.insert_rows(APP_TOKEN, TABLE_ID, [{"Identifier": str(i), "Payload": "x" * 2000} for i in range(10)])
+    feishu.max_response_bytes = 5_000
+    big = records.search(search_req(page_size=10))
+    assert (big.code, big.raw.status_code) == (1254030, 200)
+    assert records.search(search_req(page_size=2)).code == 0
+    assert records.search(search_req(page_size=10, field_names=["Identifier"])).code == 0
+    got = records.batch_get(get_req(ids))
+    assert (got.code, got.raw.status_code) == (1254030, 400)
+    assert records.batch_get(get_req(ids[:1])).code == 0
+
+
 # ---- rate limits -------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("endpoint", "limit"), [("search", 20), ("batch_get", 20), ("batch_create", 50)])
 def test_rate_limit_sliding_window(feishu, records, endpoint, limit):
@@ -567,8 +776,11 @@ def test_page_size_default_and_bounds(feishu, records):
     data = records.search(search_req()).data
     assert (len(data.items), data.has_more, data.total) == (20, True, 25)
     assert records.search(search_req(page_size=500)).code == 0
-    assert records.search(search_req(page_size=501)).code != 0
-    assert records.search(search_req(page_token="garbage!")).code != 0
+    assert records.search(search_req(page_size=501)).code == 99992402
+    zero = records.search(search_req(page_size=0))
+    assert (zero.code, zero.raw.status_code) == (1254011, 400)
+    bad = records.search(search_req(page_token="garbage!"))
+    assert (bad.code, bad.raw.status_code) == (1254002, 200)
 
 
 FILTER_ROWS = [
@@ -585,7 +797,6 @@ FILTER_ROWS = [
         (cond("Identifier", "is", "alpha"), {"alpha"}),
         (cond("Identifier", "isNot", "alpha"), {"beta", "gamma", "delta"}),
         (cond("Payload", "contains", "red"), {"alpha", "delta"}),
-        (cond("Payload", "contains", "blue", "green"), {"beta", "delta"}),
         (cond("Payload", "doesNotContain", "red"), {"beta", "gamma"}),
         (cond("Payload", "isEmpty"), {"gamma"}),
         (cond("Payload", "isNotEmpty"), {"alpha", "beta", "delta"}),
@@ -598,8 +809,10 @@ FILTER_ROWS = [
         (cond("Priority", "isEmpty"), {"delta"}),
         (cond("Status", "is", "PENDING"), {"alpha", "delta"}),
         (cond("Status", "isNot", "PENDING"), {"beta", "gamma"}),
-        (cond("Status", "contains", "SUCC", "FAIL"), {"beta", "gamma"}),
-        (cond("Status", "doesNotContain", "PEND"), {"beta", "gamma"}),
+        (cond("Status", "contains", "SUCCESS", "FAILED"), {"beta", "gamma"}),
+        (cond("Status", "contains", "SUCC"), set()),  # options, not substrings
+        (cond("Status", "doesNotContain", "PENDING", "FAILED"), {"beta"}),
+        (cond("Status", "isEmpty"), set()),
     ],
 )
 def test_filter_operators(feishu, records, condition, expected):
@@ -691,14 +904,7 @@ NOON_MARCH_10 = str(ms(2024, 3, 10, 12, 0))
 
 @pytest.mark.parametrize(
     ("op", "expected"),
-    [
-        ("is", {"d1", "d2"}),
-        ("isNot", {"d3", "d4", "d5"}),
-        ("isGreater", {"d3"}),
-        ("isGreaterEqual", {"d1", "d2", "d3"}),
-        ("isLess", {"d4"}),
-        ("isLessEqual", {"d1", "d2", "d4"}),
-    ],
+    [("is", {"d1", "d2"}), ("isGreater", {"d3"}), ("isLess", {"d4"}), ("isEmpty", {"d5"}), ("isNotEmpty", None)],
 )
 def test_exact_date_compares_by_day(feishu, records, op, expected):
     feishu.insert_rows(
@@ -712,8 +918,47 @@ def test_exact_date_compares_by_day(feishu, records, op, expected):
             {"Identifier": "d5"},
         ],
     )
-    found = records.search(search_req(flt("and", cond("CreatedAt", op, "ExactDate", NOON_MARCH_10)))).data.items
-    assert {text(i) for i in found} == expected
+    values = () if op in ("isEmpty", "isNotEmpty") else ("ExactDate", NOON_MARCH_10)
+    found = records.search(search_req(flt("and", cond("CreatedAt", op, *values)))).data.items
+    assert {text(i) for i in found} == (expected or {"d1", "d2", "d3", "d4"})
+
+
+@pytest.mark.parametrize("field", ["CreatedAt", "Made"])
+@pytest.mark.parametrize("op", ["isNot", "isGreaterEqual", "isLessEqual", "contains", "doesNotContain"])
+def test_date_filters_refuse_the_operators_the_docs_do_not_support(feishu, records, field, op):
+    feishu.add_table(APP_TOKEN, "tblMADE", [("Name", 1), ("CreatedAt", 5), ("Made", 1001)])
+    req = search_req(flt("and", cond(field, op, "ExactDate", NOON_MARCH_10)))
+    req.paths["table_id"] = "tblMADE"
+    resp = records.search(req)
+    assert (resp.code, resp.raw.status_code) == (1254018, 200)
+
+
+def test_relative_date_spans(feishu, records):
+    today = datetime.now(UTC8).date()
+    last_month = (today.replace(day=1) - timedelta(days=1)).replace(day=1)
+    days = {
+        "today": today,
+        "minus7": today - timedelta(days=7),
+        "minus8": today - timedelta(days=8),
+        "plus8": today + timedelta(days=8),
+        "month_start": today.replace(day=1),
+        "last_month_start": last_month,
+        "old": today - timedelta(days=70),
+    }
+    noon = {name: int(datetime(d.year, d.month, d.day, 12, tzinfo=UTC8).timestamp() * 1000) for name, d in days.items()}
+    feishu.insert_rows(APP_TOKEN, TABLE_ID, [{"Identifier": n, "ClaimedAt": ms_} for n, ms_ in noon.items()])
+
+    def found(word: str) -> set[str]:
+        return {text(i) for i in records.search(search_req(flt("and", cond("ClaimedAt", "is", word)))).data.items}
+
+    assert "today" in found("TheLastWeek") and not found("TheLastWeek") & {"minus7", "plus8"}
+    assert "today" in found("TheNextWeek") and not found("TheNextWeek") & {"minus7", "plus8"}
+    assert {"today", "minus7", "minus8"} <= found("TheLastMonth") and not found("TheLastMonth") & {"plus8", "old"}
+    assert {"today", "plus8"} <= found("TheNextMonth") and not found("TheNextMonth") & {"minus7", "old"}
+    assert "today" in found("CurrentWeek") and not found("CurrentWeek") & {"minus7", "minus8", "plus8", "old"}
+    assert "minus7" in found("LastWeek") and not found("LastWeek") & {"today", "plus8", "old"}
+    assert {"today", "month_start"} <= found("CurrentMonth") and "last_month_start" not in found("CurrentMonth")
+    assert "last_month_start" in found("LastMonth") and not found("LastMonth") & {"today", "month_start", "old"}
 
 
 def test_relative_dates(feishu, records):
@@ -748,13 +993,23 @@ def test_filter_value_must_be_list_of_strings(feishu, records):
         flt("and", cond("Priority", "isGreater", "nine")),
         flt("and", cond("Identifier", "isGreater", "a")),
         flt("and", cond("Priority", "contains", "1")),
-        flt("and", cond("Payload", "contains", *[str(i) for i in range(11)])),
-        flt("and", *[cond("Identifier", "is", str(i)) for i in range(51)]),
+        flt("and", cond("Status", "like", "PEND")),
+        flt("and", cond("Payload", "contains", "blue", "green")),
+        flt("and", cond("Identifier", "is")),
+        flt("and", cond("Priority", "is", "1", "2")),
+        flt("and", cond("Payload", "isEmpty", "x")),
+        flt("and", cond("Status", "contains")),
+        {"conjunction": "and", "conditions": [{"field_name": "Payload", "operator": "isEmpty"}]},
+        {"conjunction": "and", "conditions": [{"field_name": "Payload", "operator": "isEmpty", "value": None}]},
+        {"conditions": [{"field_name": "Identifier", "operator": "is", "value": ["a"]}]},
         flt("xor", cond("Identifier", "is", "a")),
         flt("and", cond("CreatedAt", "is", "2024-03-10")),
         flt("and", cond("CreatedAt", "is", "ExactDate")),
         flt("and", cond("CreatedAt", "is", "ExactDate", "soon")),
-        flt("and", cond("CreatedAt", "is", "CurrentWeek")),
+        flt("and", cond("CreatedAt", "isGreater", "CurrentWeek")),
+        flt("and", cond("CreatedAt", "isLess", "TheLastMonth")),
+        flt("and", cond("CreatedAt", "is", "Today", "1")),
+        flt("and", cond("CreatedAt", "is", "ExactDate", "1", "2")),
         {
             "conjunction": "and",
             "conditions": [],
@@ -764,13 +1019,32 @@ def test_filter_value_must_be_list_of_strings(feishu, records):
     ],
 )
 def test_invalid_filters_answer_1254018(feishu, records, bad):
-    assert records.search(search_req(bad)).code == 1254018
+    resp = records.search(search_req(bad))
+    assert (resp.code, resp.raw.status_code) == (1254018, 200)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        flt("and", cond("Status", "contains", *[str(i) for i in range(11)])),
+        flt("and", *[cond("Identifier", "is", str(i)) for i in range(51)]),
+        flt("and", children=[child("or", *[cond("Identifier", "is", str(i)) for i in range(51)])]),
+    ],
+)
+def test_filter_validation_rules_answer_99992402(feishu, records, bad):
+    resp = records.search(search_req(bad))
+    assert (resp.code, resp.raw.status_code) == (99992402, 400)
 
 
 def test_filter_limits_at_the_edge(feishu, records):
-    assert records.search(search_req(flt("and", cond("Payload", "contains", *"abcdefghij")))).code == 0
+    assert records.search(search_req(flt("and", cond("Status", "contains", *"abcdefghij")))).code == 0
     many = flt("or", *[cond("Identifier", "is", str(i)) for i in range(50)])
     assert records.search(search_req(many)).code == 1254107  # 50 conditions pass the count, not the length
+    two_groups = flt(
+        "and",
+        children=[child("or", *[cond("Priority", "is", str(i)) for i in range(10)]) for _ in range(2)],
+    )
+    assert records.search(search_req(two_groups)).code == 0
 
 
 def test_filter_json_over_2000_characters(feishu, records):
@@ -803,8 +1077,21 @@ def test_sort_and_field_names(feishu, records):
     assert order(("Identifier", True))[:2] == ["p3", "p2"]
     items = records.search(search_req(field_names=["Priority"])).data.items
     assert [i.fields for i in items] == [{"Priority": 3}, {"Priority": 1}, {}, {"Priority": 2}, {"Priority": 10}]
-    assert records.search(search_req(field_names=["Nope"])).code == 1254045
-    assert records.search(search_req(sort=[Sort.builder().field_name("Nope").build()])).code == 1254045
+    resp = records.search(search_req(field_names=["Identifier", "Nope"]))
+    assert (resp.code, resp.raw.status_code, resp.msg) == (1254024, 200, "InvalidFieldNames")
+    resp = records.search(search_req(sort=[Sort.builder().field_name("Nope").build()]))
+    assert (resp.code, resp.msg) == (1254016, "InvalidSort: 'Nope'")
+
+
+def test_sort_and_field_names_limits(feishu, records):
+    long_sort = [Sort.builder().field_name("Identifier").desc(False).build() for _ in range(30)]
+    assert records.search(search_req(sort=long_sort[:20])).code == 0
+    assert records.search(search_req(sort=long_sort)).code == 1254108  # 30 keys are over 1,000 characters
+    too_many = records.search(search_req(sort=[{"field_name": "Identifier"}] * 101))
+    assert (too_many.code, too_many.raw.status_code) == (99992402, 400)  # counted before measured
+    assert records.search(search_req(field_names=["Identifier"] * 200)).code == 0
+    resp = records.search(search_req(field_names=["Identifier"] * 201))
+    assert (resp.code, resp.raw.status_code) == (99992402, 400)
 
 
 # ---- fields ------------------------------------------------------------------------------------------
@@ -842,6 +1129,67 @@ async def test_fields_list_pages_and_create(feishu, client, records):
     )
     assert dup.code != 0
     assert feishu.count("fields_create", 0) == 1 and feishu.count("fields_list") == 2
+
+
+def create_field(client, name: str, type_: int, prop: AppTableFieldProperty | None = None):
+    body = AppTableField.builder().field_name(name).type(type_)
+    if prop is not None:
+        body = body.property(prop)
+    req = CreateAppTableFieldRequest.builder().app_token(APP_TOKEN).table_id(TABLE_ID).request_body(body.build())
+    return client.bitable.v1.app_table_field.create(req.build())
+
+
+def test_date_columns_keep_their_date_formatter(feishu, client, records):
+    with_time = AppTableFieldProperty.builder().date_formatter("yyyy/MM/dd HH:mm").auto_fill(False).build()
+    created = create_field(client, "DoneAt", 5, with_time)
+    assert created.code == 0
+    assert (created.data.field.property.date_formatter, created.data.field.property.auto_fill) == (
+        "yyyy/MM/dd HH:mm",
+        False,
+    )
+    assert create_field(client, "Plain", 5).data.field.property.date_formatter == "yyyy/MM/dd"  # the default
+    listed = client.bitable.v1.app_table_field.list(
+        ListAppTableFieldRequest.builder().app_token(APP_TOKEN).table_id(TABLE_ID).page_size(100).build()
+    )
+    formats = {f.field_name: f.property.date_formatter for f in listed.data.items if f.type == 5}
+    assert formats == {
+        "CreatedAt": "yyyy/MM/dd HH:mm",
+        "ClaimedAt": "yyyy/MM/dd HH:mm",
+        "DoneAt": "yyyy/MM/dd HH:mm",
+        "Plain": "yyyy/MM/dd",
+    }
+    assert {f["field_name"]: f["property"] for f in feishu.fields(APP_TOKEN, TABLE_ID)}["DoneAt"] == {
+        "date_formatter": "yyyy/MM/dd HH:mm",
+        "auto_fill": False,
+    }
+
+
+@pytest.mark.parametrize(
+    ("type_", "prop"),
+    [
+        (5, AppTableFieldProperty.builder().date_formatter("HH:mm").build()),
+        (5, AppTableFieldProperty.builder().date_formatter("yyyy/MM/dd hh:mm").build()),
+        (2, AppTableFieldProperty.builder().formatter("0.00000").build()),
+    ],
+)
+def test_column_properties_outside_the_field_guide_are_refused(feishu, client, type_, prop):
+    resp = create_field(client, "Odd", type_, prop)
+    assert resp.code == 1254001
+    assert "Odd" not in {f["field_name"] for f in feishu.fields(APP_TOKEN, TABLE_ID)}
+
+
+def test_auto_fill_must_be_a_boolean(feishu):
+    resp = requests.post(
+        f"{feishu.url}/open-apis/auth/v3/tenant_access_token/internal",
+        json={"app_id": "cli_test", "app_secret": "test-secret"},
+        timeout=5,
+    ).json()
+    headers = {"Authorization": f"Bearer {resp['tenant_access_token']}"}
+    url = f"{feishu.url}/open-apis/bitable/v1/apps/{APP_TOKEN}/tables/{TABLE_ID}/fields"
+    bad = {"field_name": "Odd", "type": 5, "property": {"auto_fill": "yes"}}
+    assert requests.post(url, json=bad, headers=headers, timeout=5).json()["code"] == 1254001
+    with pytest.raises(ValueError, match="1254001"):
+        feishu.add_table(APP_TOKEN, "tblODD", [("When", 5, {"date_formatter": "dd.MM."})])
 
 
 def test_add_table_with_custom_fields(feishu, records):

@@ -2,7 +2,9 @@
 
 The service is a real `uvicorn` process against the Feishu emulator. SIGKILL leaves the identifier index with
 writes marked WRITING whose rows may or may not be in the table; the restarted service reconciles them at start
-(it searches the table), and the resend must then neither lose a row nor write one twice.
+(it searches the table), and the resend must then neither lose a row nor write one twice. Reads that meet a
+write answer 1254291 (the emulator's read conflicts are on); the resends meet creates that land but are answered
+HTTP 200 + 1254002, and the reused client_token's documented refusals (1254608, 1255006).
 """
 
 import json
@@ -125,6 +127,7 @@ def emulator(seed: int) -> Iterator[FeishuEmulator]:
     clear_token_cache(APP_ID)
     emu = FeishuEmulator(app_id=APP_ID, app_secret=APP_SECRET, seed=seed).start()
     emu.add_table(APP_TOKEN, TABLE_ID)
+    emu.read_conflicts = True
     try:
         yield emu
     finally:
@@ -132,9 +135,18 @@ def emulator(seed: int) -> Iterator[FeishuEmulator]:
         clear_token_cache(APP_ID)
 
 
+def add_resend_faults(emu: FeishuEmulator) -> None:
+    """HTTP-200 transient codes while the restarted service writes: landed (its retry reuses the token) or not."""
+    emu.add_fault("failed", endpoint="batch_create", times=1, landed=True)  # its retry meets the reused token
+    emu.add_fault("1255004", endpoint="batch_create", times=1)
+    emu.add_fault("1255002", endpoint="search", times=1)
+
+
+@pytest.mark.parametrize("repeat_token_answer", ["1254608", "1255006"])
 def test_kill9_while_a_write_is_in_flight_then_restart_and_resend_stores_each_payload_once(
-    emulator: FeishuEmulator, tmp_path: Path, seed: int
+    emulator: FeishuEmulator, tmp_path: Path, seed: int, repeat_token_answer: str
 ):
+    emulator.repeat_token_answer = repeat_token_answer
     requests = plan(size(4, 12), seed)
     data_dir = tmp_path / "data"
     emulator.latency = 0.2  # every call takes 0.2 s, so a write is in flight most of the time
@@ -161,28 +173,34 @@ def test_kill9_while_a_write_is_in_flight_then_restart_and_resend_stores_each_pa
     emulator.latency = 0.0
     with service(service_env(emulator, data_dir), tmp_path, "restarted") as (url, _):
         assert not index_writing(data_dir), "start-up left writes unreconciled"
+        add_resend_faults(emulator)
         outcomes = resend_and_check(url, requests, emulator)
+        emulator.clear_faults()
     rows = check_table(emulator, requests)
     print(
-        f"\n[crash in-flight] requests={len(requests)}x{REQUEST_SIZE} distinct={distinct} answered_before_kill="
+        f"\n[crash in-flight] {repeat_token_answer}={emulator.count('batch_create', code=int(repeat_token_answer))}"
+        f" 1254002={emulator.count('batch_create', code=1254002)} requests={len(requests)}x{REQUEST_SIZE}"
+        f" distinct={distinct} answered_before_kill="
         f"{answered} rows_at_kill={len(landed)} writing_at_kill={len(writing)} resend={outcomes} rows={rows}"
     )
     assert outcomes["created"] == distinct - len(landed)
 
 
+@pytest.mark.parametrize("answer", ["lost_answer", "failed"])
 def test_kill9_after_a_write_landed_unanswered_then_restart_and_resend_stores_each_payload_once(
-    emulator: FeishuEmulator, tmp_path: Path, seed: int
+    emulator: FeishuEmulator, tmp_path: Path, seed: int, answer: str
 ):
     requests = plan(size(3, 8), seed + 1)
     data_dir = tmp_path / "data"
-    # Deterministic "applied but not recorded": the emulator applies the first write and drops its answer; the
-    # service then sleeps a 30 s retry backoff with the rows marked WRITING, and is killed in that sleep.
-    emulator.add_fault("lost_answer", endpoint="batch_create", times=1)
+    # Deterministic "applied but not recorded": the emulator applies the first write and drops its answer (or
+    # answers it HTTP 200 + 1254002); the service then sleeps a 30 s retry backoff with the rows marked WRITING,
+    # and is killed in that sleep.
+    emulator.add_fault(answer, endpoint="batch_create", times=1, landed=answer != "lost_answer")
     with service(service_env(emulator, data_dir, retry_base=30), tmp_path, "first") as (url, proc):
         with ThreadPoolExecutor(len(requests)) as pool:
             sent = [pool.submit(post, url, request) for request in requests]
             wait_until(
-                lambda: any(c.endpoint == "batch_create" and c.http_status is None for c in emulator.calls),
+                lambda: any(c.endpoint == "batch_create" and (c.http_status is None or c.code) for c in emulator.calls),
                 60,
                 "the first write to land unanswered",
                 interval=0.005,
@@ -199,10 +217,12 @@ def test_kill9_after_a_write_landed_unanswered_then_restart_and_resend_stores_ea
 
     with service(service_env(emulator, data_dir), tmp_path, "restarted") as (url, _):
         assert not index_writing(data_dir), "start-up left writes unreconciled"
+        add_resend_faults(emulator)
         outcomes = resend_and_check(url, requests, emulator)
+        emulator.clear_faults()
     rows = check_table(emulator, requests)
     print(
-        f"\n[crash lost-answer] requests={len(requests)}x{REQUEST_SIZE} distinct={distinct} "
+        f"\n[crash {answer}] requests={len(requests)}x{REQUEST_SIZE} distinct={distinct} "
         f"rows_at_kill={len(landed)} writing_at_kill={len(writing)} resend={outcomes} rows={rows}"
     )
     assert outcomes["created"] == distinct - len(landed)

@@ -14,10 +14,16 @@ loopback proxy where the publish must fail):
     sends them, so every task ends with a message (and the one message in flight at the cut, twice).
 (d) The bot down (5xx, a dropped connection, nothing listening): the cycle still completes and publishes
     everything, and the failed notification is logged as a warning.
+(e) Feishu answers HTTP 200 with a transient code (1254002 on a claim that landed, 1255001-1255005 on reads and
+    writes that did not), reads meet writes (read conflicts on), a token is refused, and stale leases are due:
+    the cycles still publish every task once, and no row ends PROCESSING without a message.
+(f) The tenant's monthly quota is used up (99991403): the cycle fails at once with a red card that says so,
+    retries nothing, and claims nothing.
 
 Sizes: 60 tasks, 1,000 with RELIABILITY_FULL=1.
 """
 
+import json
 import logging
 import time
 from collections import Counter
@@ -31,11 +37,12 @@ from kombu import Connection
 
 from app.broker import CeleryPublisher
 from app.errors import StoreUnavailable
-from app.models import ReplenishReport
+from app.models import ReplenishReport, StatusChange, TaskStatus
 from app.notify import FeishuBot
 from app.service import TaskService
 from app.store.bitable import BitableTaskStore
 from app.store.journal import ClaimJournal
+from app.store.records import from_ms
 from tests.brokers import declare_workers_queue, passive_declare, workers_queue
 from tests.conftest import bitable_settings
 from tests.feishu.fixtures import APP_TOKEN, TABLE_ID
@@ -81,14 +88,14 @@ async def make_stack(feishu, tmp_path: Path, rabbit_url: str, queue_name: str) -
     feishu.add_bot(HOOK)
     stacks: list[Stack] = []
 
-    async def build(broker_url: str = rabbit_url, webhook: str | None = None) -> Stack:
+    async def build(broker_url: str = rabbit_url, webhook: str | None = None, batch: int = N) -> Stack:
         settings = bitable_settings(
             feishu,
             tmp_path / "data",
             celery_broker_url=broker_url,
             celery_queue=queue_name,
             broker_timeout_seconds=2,
-            replenish_batch_size=N,
+            replenish_batch_size=batch,
             feishu_robot_webhook_url=webhook or f"{feishu.url}/open-apis/bot/v2/hook/{HOOK}",
         )
         store = BitableTaskStore.from_settings(settings)
@@ -304,3 +311,60 @@ async def test_a_dead_bot_does_not_stop_the_cycle(make_stack, feishu, rabbit_url
     assert len(warnings) == 1 and "not sent" in warnings[0], warnings
     assert HOOK not in warnings[0]  # the webhook token stays out of the log
     assert elapsed < 5  # no bot timeout was waited out
+
+
+# ---- (e) HTTP-200 transient codes, read conflicts and due leases -------------------------------------------------
+
+
+async def test_http_200_transient_codes_and_read_conflicts_still_publish_each_task_once(
+    make_stack, feishu, rabbit_url, queue_name
+):
+    stack = await make_stack()
+    everyone = await ingest(stack.service)
+    # a quarter of the tasks claimed three days ago whose message was lost: lease recovery puts them back
+    stale = sorted(everyone)[: N // 4]
+    claimed_long_ago = int((time.time() - 3 * 86_400) * 1000)
+    await stack.service.store.update(
+        [StatusChange(rid, TaskStatus.PROCESSING, claimed_at=from_ms(claimed_long_ago), attempts=1) for rid in stale]
+    )
+    feishu.read_conflicts = True
+    feishu.add_fault("failed", "batch_update", times=1, landed=True)  # the claim lands, answered 200 + 1254002
+    feishu.add_fault("1255003", "search", times=1)
+    feishu.add_fault("failed", "search", times=1)
+    feishu.add_fault("1255001", "batch_update", times=1)
+    feishu.add_fault("99991668", "search", times=1)
+
+    reports = [await stack.service.replenish() for _ in range(2)]  # the second picks up the leases put back
+    messages = take_messages(rabbit_url, queue_name, must_include=everyone)
+    assert [r.outcome for r in reports] == ["published", "published"], [r.error for r in reports]
+    assert reports[0].lease_requeued == len(stale)
+    assert sum(r.published for r in reports) == N
+    assert messages == Counter(everyone)  # each once
+    assert with_status(feishu, "PROCESSING") == everyone == set(messages)  # none PROCESSING without a message
+    assert stack.journal.unsettled() == []
+    assert feishu.count(code=1254291) == 0  # our reads waited for our writes
+    for code in (1254002, 1255003, 1255001, 99991668):
+        assert feishu.count(code=code) >= 1, code
+
+
+# ---- (f) the monthly quota used up -----------------------------------------------------------------------------
+
+
+async def test_an_exhausted_quota_fails_the_cycle_with_a_red_card_that_says_so(
+    make_stack, feishu, rabbit_url, queue_name
+):
+    stack = await make_stack()
+    everyone = await ingest(stack.service)
+    feishu.monthly_quota = 0
+    feishu.reset_calls()
+    report = await stack.service.replenish()
+    assert report.outcome == "failed" and "quota for this tenant is used up" in report.error
+    assert (report.claimed, report.published) == (0, 0)
+    # each read tried once, none retried: the cycle's reads and nothing else
+    assert feishu.count("search") == feishu.count("search", code=99991403) <= 3
+    assert feishu.count("batch_update") == 0
+    (card,) = feishu.bot_messages(HOOK)
+    assert card["card"]["header"]["template"] == "red"
+    assert "quota for this tenant is used up" in json.dumps(card, ensure_ascii=False)
+    assert passive_declare(rabbit_url, queue_name)[0] == 0
+    assert with_status(feishu, "PENDING") == everyone

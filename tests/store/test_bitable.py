@@ -6,15 +6,17 @@ import itertools
 import json
 import logging
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from app.errors import StoreRejected, StoreUnavailable
+from app.errors import QuotaExhausted, StoreRejected, StoreUnavailable
 from app.models import StatusChange, TaskStatus
 from app.store import bitable as bitable_module
-from app.store.bitable import BitableTaskStore
-from app.store.feishu import create_body
+from app.store.bitable import BitableTaskStore, setup_columns
+from app.store.feishu import FeishuTable, create_body
 from app.store.index import State
+from app.store.records import to_ms
 from tests.conftest import bitable_settings
 from tests.feishu.fixtures import APP_TOKEN, TABLE_ID
 from tests.store.test_contract import new_task
@@ -177,7 +179,7 @@ async def test_transient_faults_are_retried_until_the_write_lands_once(bitable_s
     assert len(feishu.rows(APP_TOKEN, TABLE_ID)) == 10
 
 
-@pytest.mark.parametrize("answer", ["original", "1254608"])
+@pytest.mark.parametrize("answer", ["original", "1254608", "1255006"])
 async def test_a_lost_answer_is_retried_with_the_same_client_token_and_stores_once(bitable_store, feishu, answer):
     feishu.repeat_token_answer = answer
     feishu.add_fault("lost_answer", endpoint="batch_create", times=1)
@@ -187,6 +189,120 @@ async def test_a_lost_answer_is_retried_with_the_same_client_token_and_stores_on
     assert {s.record_id for s in stored} == set(rows)
     assert feishu.count("batch_create") == 2  # a new token on the retry would have written 20 rows
     assert feishu.count("batch_create", code=1254608) == (answer == "1254608")
+    assert feishu.count("batch_create", code=1255006) == (answer == "1255006")
+
+
+# answered with HTTP 200 (the docs' error tables); 1254002 is the emulator's "failed"
+HTTP_200_TRANSIENT = ["failed", "1255001", "1255002", "1255003", "1255004", "1255005"]
+
+
+@pytest.mark.parametrize("landed", [False, True], ids=["not_applied", "landed"])
+@pytest.mark.parametrize("fault", HTTP_200_TRANSIENT)
+async def test_http_200_transient_codes_are_retried_with_the_same_client_token(bitable_store, feishu, fault, landed):
+    feishu.add_fault(fault, endpoint="batch_create", times=1, landed=landed)
+    stored = await bitable_store.add([new_task(n) for n in range(10)])
+    rows = feishu.rows(APP_TOKEN, TABLE_ID)
+    assert len(rows) == 10 and {s.record_id for s in stored} == set(rows)
+    assert all(s.created for s in stored)
+    assert feishu.count("batch_create") == 2
+
+
+@pytest.mark.parametrize("answer", ["original", "1254608", "1255006"])
+async def test_a_create_that_landed_but_was_answered_1254002_is_looked_up_not_written_again(
+    bitable_store, feishu, answer
+):
+    feishu.repeat_token_answer = answer
+    feishu.add_fault("failed", endpoint="batch_create", times=1, landed=True)
+    feishu.reset_calls()
+    stored = await bitable_store.add([new_task(n) for n in range(10)])
+    rows = feishu.rows(APP_TOKEN, TABLE_ID)
+    assert len(rows) == 10 and {s.record_id for s in stored} == set(rows)
+    assert all(s.created for s in stored)
+    # a repeated token's refusal means "may have landed": the rows are found by identifier
+    assert feishu.count("search") == (answer != "original")
+    assert {e.state for e in bitable_store.index.lookup([s.identifier for s in stored]).values()} == {State.STORED}
+
+
+@pytest.mark.parametrize("code", ["99991661", "99991663", "99991664", "99991668"])
+async def test_a_refused_token_is_fetched_again_and_the_call_sent_again(bitable_store, feishu, code):
+    tokens_before = feishu.count("token")
+    feishu.add_fault(code, endpoint="batch_create", times=1)
+    await bitable_store.add([new_task(1)])
+    assert feishu.count("batch_create", code=int(code)) == 1
+    assert feishu.count("token") == tokens_before + 1
+    assert len(feishu.rows(APP_TOKEN, TABLE_ID)) == 1
+
+
+async def test_an_exhausted_quota_is_a_named_error_that_nothing_retries(bitable_store, feishu):
+    feishu.monthly_quota = 0
+    feishu.reset_calls()
+    with pytest.raises(QuotaExhausted, match="quota"):
+        await bitable_store.add([new_task(1)])
+    with pytest.raises(QuotaExhausted):
+        await bitable_store.pending(10)
+    with pytest.raises(QuotaExhausted):
+        await bitable_store.check()
+    assert (feishu.count("batch_create"), feishu.count("search"), feishu.count("fields_list")) == (1, 1, 1)
+    feishu.monthly_quota = None  # the new month: the reserved row is looked up, then written once
+    (stored,) = await bitable_store.add([new_task(1)])
+    assert stored.created and list(feishu.rows(APP_TOKEN, TABLE_ID)) == [stored.record_id]
+
+
+async def test_a_page_too_large_to_send_is_read_again_in_smaller_pages(bitable_store, feishu):
+    stored = await bitable_store.add([new_task(n, blob="x" * 2_000) for n in range(40)])
+    feishu.max_response_bytes = 30_000  # about 12 of these rows
+    feishu.reset_calls()
+    assert len(await bitable_store.pending(40)) == 40
+    # 40 and 20 rows are refused, 10 fit; the pages after the first ask for 10 at once
+    assert (feishu.count("search", code=1254030), feishu.count("search", code=0)) == (2, 4)
+    assert set(await bitable_store.get([s.record_id for s in stored])) == {s.record_id for s in stored}
+    assert feishu.count("batch_get", code=1254030) >= 1
+
+
+async def test_prune_deletes_the_rest_when_a_delete_names_a_row_already_gone(bitable_store, feishu):
+    stored = await bitable_store.add([new_task(n) for n in range(5)])
+    await bitable_store.update([StatusChange(s.record_id, TaskStatus.SUCCESS) for s in stored])
+    feishu.insert_rows(APP_TOKEN, TABLE_ID, [{"Status": "PENDING"}])
+    # the first try lands unanswered; its retry names rows that are gone, and Feishu refuses the batch whole
+    feishu.add_fault("lost_answer", endpoint="batch_delete", times=1)
+    assert await bitable_store.prune(TaskStatus.SUCCESS, datetime.now(UTC) + timedelta(minutes=1)) == 5
+    assert feishu.count("batch_delete", code=1254043) == 1
+    assert [row["Status"] for row in feishu.rows(APP_TOKEN, TABLE_ID).values()] == ["PENDING"]
+
+
+async def test_reads_wait_for_a_write_in_flight_instead_of_meeting_a_conflict(bitable_store, feishu):
+    feishu.read_conflicts = True
+    feishu.latency = 0.05
+    stored = await bitable_store.add([new_task(n) for n in range(5)])
+    changes = [StatusChange(s.record_id, TaskStatus.PROCESSING, attempts=1) for s in stored]
+    feishu.reset_calls()
+    await asyncio.gather(
+        *(bitable_store.add([new_task(100 + n)]) for n in range(5)),
+        bitable_store.update(changes),
+        *(bitable_store.page(TaskStatus.PENDING, 10, None) for _ in range(3)),
+        bitable_store.get([s.record_id for s in stored]),
+        bitable_store.pending(10),
+    )
+    assert feishu.count(code=1254291) == 0
+    assert len(feishu.rows(APP_TOKEN, TABLE_ID)) == 10
+
+
+async def test_a_refusal_that_is_not_a_validation_code_neither_splits_nor_drops_the_batch(feishu, tmp_path):
+    store = await open_store(feishu, tmp_path, feishu_write_linger_ms=50)
+    feishu.add_fault("1254041", endpoint="batch_create", times=1)  # not about the rows: the table is not found
+    feishu.reset_calls()
+    results = await asyncio.gather(
+        store.add([new_task(n) for n in range(3)]),
+        store.add([new_task(n) for n in range(3, 6)]),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, StoreRejected) for r in results)
+    assert feishu.count("batch_create") == 1  # not split into one write per request
+    identifiers = [new_task(n).identifier for n in range(6)]
+    assert {e.state for e in store.index.lookup(identifiers).values()} == {State.WRITING}  # kept, looked up if resent
+    stored = await store.add([new_task(n) for n in range(6)])
+    assert all(s.created for s in stored) and len(feishu.rows(APP_TOKEN, TABLE_ID)) == 6
+    await store.close()
 
 
 async def test_the_rate_limit_reset_header_is_honoured(bitable_store, feishu):
@@ -300,7 +416,7 @@ async def test_a_permanent_refusal_fails_only_the_request_that_caused_it(feishu,
     feishu.add_table(APP_TOKEN, "tblMIRROR", [*_default_fields(), ("Region", 3)])
     feishu.start()
     store = await open_store(feishu, tmp_path, feishu_bitable_table_id="tblMIRROR", feishu_write_linger_ms=50)
-    feishu.add_fault("conflict", endpoint="batch_create", times=0)
+    feishu.add_fault("conflict", endpoint="batch_create", times=1)
     good = store.add([new_task(n) for n in range(5)])
     bad = store.add([new_task(99, Region="x" * 100_001)])
     results = await asyncio.gather(good, bad, return_exceptions=True)
@@ -386,3 +502,127 @@ async def test_feishu_timeout_bounds_every_call(feishu, tmp_path):
     assert time.monotonic() - started < 3
     feishu.latency = 0
     await store.close()
+
+
+# ---- the searches the store sends ---------------------------------------------------------------
+
+# the filter guide (记录筛选参数填写说明): what each column type takes
+DOCUMENTED_OPERATORS = {
+    "Identifier": {"is", "isNot", "contains", "doesNotContain", "isEmpty", "isNotEmpty"},
+    "Status": {"is", "isNot", "contains", "doesNotContain", "isEmpty", "isNotEmpty"},
+    "CreatedAt": {"is", "isEmpty", "isNotEmpty", "isGreater", "isLess"},
+    "ClaimedAt": {"is", "isEmpty", "isNotEmpty", "isGreater", "isLess"},
+}
+
+
+def _conditions(filter_):
+    if not filter_:
+        return []
+    return [*filter_.get("conditions", []), *(c for child in filter_.get("children", []) for c in child["conditions"])]
+
+
+def _shape(search) -> tuple:
+    """A search without its values: conjunctions, (column, operator) pairs, sort and columns read."""
+
+    def group(g):
+        return (g["conjunction"], frozenset((c["field_name"], c["operator"]) for c in g["conditions"]))
+
+    filter_ = search.get("filter_")
+    children = frozenset(group(child) for child in filter_.get("children", [])) if filter_ else None
+    sort = tuple((s["field_name"], s["desc"]) for s in search.get("sort") or [])
+    return (group(filter_) if filter_ else None, children, sort, tuple(search.get("field_names") or ()))
+
+
+async def test_every_filter_shape_uses_only_documented_operators_and_limits(bitable_store):
+    shapes = bitable_store.filter_shapes()
+    assert {"pick", "count", "page", "lease_recovery", "prune", "index_count", "identifier_lookup"} <= set(shapes)
+    assert sum(name.startswith("index_part_") for name in shapes) == 4
+    for name, search in shapes.items():
+        filter_ = search.get("filter_")
+        conditions = _conditions(filter_)
+        assert len(conditions) <= 50, name
+        assert len(json.dumps(filter_ or {})) <= 2_000, name
+        for condition in conditions:
+            assert condition["operator"] in DOCUMENTED_OPERATORS[condition["field_name"]], (name, condition)
+            count = len(condition["value"])
+            assert count == 0 if condition["operator"] in ("isEmpty", "isNotEmpty") else count >= 1, (name, condition)
+            if condition["field_name"] in ("CreatedAt", "ClaimedAt"):
+                assert condition["value"][0] == "ExactDate", (name, condition)
+        for child in (filter_ or {}).get("children", []):
+            assert "children" not in child, name  # one level of children
+
+
+async def test_feishu_accepts_one_search_of_every_filter_shape(bitable_store, feishu):
+    feishu.reset_calls()
+    for search in bitable_store.filter_shapes().values():
+        await bitable_store.table.search(**search, page_size=1)  # a refused filter raises StoreRejected
+    assert feishu.count("search") == feishu.count("search", code=0) == len(bitable_store.filter_shapes())
+
+
+async def test_filter_shapes_names_every_search_the_store_sends(bitable_store, feishu, monkeypatch):
+    sent = []
+    search = bitable_store.table.search
+
+    async def recording(**kwargs):
+        sent.append(kwargs)
+        return await search(**kwargs)
+
+    monkeypatch.setattr(bitable_store.table, "search", recording)
+    stored = await bitable_store.add([new_task(n) for n in range(3)])
+    await bitable_store.pending(10)
+    await bitable_store.processing(datetime.now(UTC))
+    await bitable_store.page(TaskStatus.PENDING, 1, None)
+    await bitable_store.page(None, 10, None)
+    await bitable_store.prune(TaskStatus.SUCCESS, datetime.now(UTC))
+    await bitable_store.reindex()
+    assert await bitable_store._find_identifiers([s.identifier for s in stored])
+    shapes = {_shape(s): name for name, s in bitable_store.filter_shapes().items()}
+    unnamed = [s for s in sent if _shape(s) not in shapes]
+    assert not unnamed, f"searches filter_shapes() does not name: {unnamed}"
+    assert {shapes[_shape(s)] for s in sent} == set(shapes.values())
+
+
+async def test_lease_recovery_and_prune_filter_by_whole_days_and_compare_exact_times_here(feishu, tmp_path):
+    now = datetime.now(UTC)
+    rows = [
+        {"Identifier": f"{n:064x}", "Status": "PROCESSING", "ClaimedAt": to_ms(at), "CreatedAt": to_ms(at)}
+        for n, at in enumerate([now - timedelta(days=3), now - timedelta(hours=2), now - timedelta(minutes=1)])
+    ]
+    ids = feishu.insert_rows(APP_TOKEN, TABLE_ID, rows)
+    store = await open_store(feishu, tmp_path)
+    cutoff = now - timedelta(hours=1)
+    found = {r.record_id for r in await store.processing(cutoff)}
+    assert {ids[0], ids[1]} <= found  # the superset the day filter returns; the service compares exactly
+    assert await store.prune(TaskStatus.PROCESSING, cutoff) == 2  # exact: the minute-old row stays
+    assert set(feishu.rows(APP_TOKEN, TABLE_ID)) == {ids[2]}
+    assert feishu.count("search", code=1254018) == 0
+    await store.close()
+
+
+async def test_setup_columns_creates_dates_with_their_time_of_day(feishu):
+    feishu.add_table(APP_TOKEN, "tblNew", [("Name", 1)])
+    table = FeishuTable.build(feishu.app_id, feishu.app_secret, APP_TOKEN, "tblNew", feishu.url, timeout=5)
+    created, wrong = await setup_columns(table)
+    assert set(created) == set(bitable_module.COLUMNS) and wrong == []
+    fields = {f["field_name"]: f for f in await _fields_json(feishu, "tblNew")}
+    for name in ("CreatedAt", "ClaimedAt"):
+        assert fields[name]["property"]["date_formatter"] == "yyyy/MM/dd HH:mm"
+    assert [o["name"] for o in fields["Status"]["property"]["options"]] == [s.value for s in TaskStatus]
+    await table.aclose()
+
+
+async def _fields_json(emu, table_id):
+    import httpx
+
+    async with httpx.AsyncClient(base_url=emu.url) as http:
+        token = (
+            await http.post(
+                "/open-apis/auth/v3/tenant_access_token/internal",
+                json={"app_id": emu.app_id, "app_secret": emu.app_secret},
+            )
+        ).json()["tenant_access_token"]
+        answer = await http.get(
+            f"/open-apis/bitable/v1/apps/{APP_TOKEN}/tables/{table_id}/fields",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    return answer.json()["data"]["items"]
