@@ -1,6 +1,7 @@
 """Run the service and the example worker as real processes, the way an operator would."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -36,14 +37,46 @@ def _env(env: dict[str, str]) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **env}
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen, timeout: float = 15) -> int:
+    """SIGTERM, which a background job receives (it ignores SIGINT), then SIGKILL; answers the exit code."""
     if proc.poll() is None:
         proc.terminate()
         try:
-            proc.wait(15)
+            proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait(5)
+    return proc.wait()
+
+
+def run_to_end(args: list[str], timeout: float, **kwargs: object) -> subprocess.CompletedProcess:
+    """subprocess.run for a command that starts processes of its own: in its own process group, so one that
+    overruns (or a test interrupted meanwhile) is stopped with everything it started, SIGTERM first."""
+    with subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except BaseException:
+            _stop_group(proc)
+            raise
+    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
+
+
+def _stop_group(proc: subprocess.Popen, timeout: float = 15) -> None:
+    _signal_group(proc, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    _signal_group(proc, signal.SIGKILL)  # whatever outlived its turn
+    proc.wait()
+
+
+def _signal_group(proc: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(proc.pid, signum)
+    except ProcessLookupError:
+        pass
 
 
 @contextmanager
@@ -82,7 +115,7 @@ def running_service(
         wait_until(healthy, 60, f"the {name or 'service'} to answer /healthz")
         yield url, proc
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 @contextmanager
@@ -117,4 +150,4 @@ def worker_process(env: dict[str, str], workdir: Path, queue: str, concurrency: 
     try:
         yield log_path
     finally:
-        _stop(proc)
+        stop(proc)

@@ -15,6 +15,7 @@ import hmac
 import json
 import math
 import random
+import signal
 import socket
 import string
 import sys
@@ -1228,6 +1229,8 @@ def main(argv: list[str] | None = None) -> None:
         rate_limits=not args.no_rate_limits,
         port=args.port,
     )
+    # a background job starts with SIGINT ignored: SIGTERM is the stop signal it always receives
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     emu.start()
     emu.add_table(args.app_token, args.table_id)
     print(f"FEISHU_DOMAIN={emu.url}", flush=True)
@@ -1235,7 +1238,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"FEISHU_APP_SECRET={emu.app_secret}", flush=True)
     print(f"FEISHU_APP_TOKEN={args.app_token}", flush=True)
     print(f"FEISHU_TABLE_ID={args.table_id}", flush=True)
-    print("serving; Ctrl-C to stop", flush=True)
+    print("serving; Ctrl-C or SIGTERM to stop", flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
