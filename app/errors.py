@@ -65,3 +65,13 @@ class QueueMissing(ServiceError):
 
     status_code = 503
     error = "queue_missing"
+
+
+class CycleFailed(ServiceError):
+    """A replenish cycle could not do its work; `error` names what stopped it (queue_missing, broker_unavailable…)."""
+
+    status_code = 503
+
+    def __init__(self, error: str, detail: str, report: dict[str, Any]):
+        super().__init__(detail, extra={"report": report})
+        self.error = error

@@ -4,6 +4,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from app.api.errors import install_error_handlers
 from app.api.ops import probes
@@ -71,7 +72,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             finally:
                 scheduler.shutdown()
 
-    app = FastAPI(
+    # /docs and /redoc with their assets served from the installed package: no CDN, so they work offline
+    app = FastAPIOffline(
         title="Task Manager for MQ",
         summary="A task pool in Feishu Bitable (or SQLite) that keeps a Celery queue fed.",
         version="0.1.0",

@@ -1,7 +1,7 @@
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -20,7 +20,6 @@ from app.errors import (
 from app.identity import MAX_PAYLOAD_CHARS, canonical_json, task_identifier
 from app.locks import FileLock
 from app.metrics import (
-    BOT_SENDS,
     MESSAGES_PUBLISHED,
     POOL_TASKS,
     QUEUE_DEPTH,
@@ -30,6 +29,7 @@ from app.metrics import (
 )
 from app.models import (
     BulkStatusUpdate,
+    ErrorOut,
     IngestResponse,
     ItemOutcome,
     NewTask,
@@ -113,7 +113,13 @@ class TaskService:
         TASKS_INGESTED.labels("duplicate").inc(len(tasks) - created_count)
         # validated in one pass from plain dicts: a hundred ItemOutcome(...) calls cost more than the rest
         return IngestResponse.model_validate(
-            {"received": len(tasks), "created": created_count, "duplicates": len(tasks) - created_count, "items": items}
+            {
+                "received": len(tasks),
+                "created": created_count,
+                "duplicates": len(tasks) - created_count,
+                "items": items,
+                "note": _priority_note(priority, stored.values()),
+            }
         )
 
     async def update_status(self, update: BulkStatusUpdate) -> UpdateStatusResponse:
@@ -166,13 +172,14 @@ class TaskService:
             record.attempts = attempts
         return record
 
-    async def prune(self, status: TaskStatus, older_than_days: float) -> int:
-        """Delete finished tasks created more than that many days ago, keeping their identifiers for dedup."""
+    async def prune(self, status: TaskStatus, older_than_days: float, *, dry_run: bool = False) -> int:
+        """Delete finished tasks created more than that many days ago, keeping their identifiers for dedup;
+        a dry run only counts them."""
         if status not in (TaskStatus.SUCCESS, TaskStatus.FAILED, TaskStatus.CANCELLED):
             raise InvalidInput(f"only finished tasks (SUCCESS, FAILED, CANCELLED) can be pruned, not {status}")
         if older_than_days < 0:
             raise InvalidInput("--older-than must be zero or more days")
-        return await self.store.prune(status, self.clock() - timedelta(days=older_than_days))
+        return await self.store.prune(status, self.clock() - timedelta(days=older_than_days), dry_run=dry_run)
 
     # ---- the queue side ---------------------------------------------------------------------------
 
@@ -343,6 +350,7 @@ class TaskService:
                     report.outcome = "failed" if error else "published"
                     report.claimed, report.published, report.failed = len(candidates), len(sent), len(unsent)
                     report.error = error.detail if error else None
+                    report.error_code = error.error if error else None
                     report.pending_left = None if left is None else left + len(unsent)  # counted before the put-back
             if depth < settings.replenish_threshold:
                 report.depth_after = await self.publisher.queue_depth()
@@ -351,10 +359,15 @@ class TaskService:
         except ServiceError as exc:
             report.outcome = "failed"
             report.error = f"{report.error}; {exc.detail}" if report.error else exc.detail
+            report.error_code = report.error_code or exc.error
         finally:
             self._cycle.release()
         report.finished_at = self.clock()
-        log.info("replenish: %s", report.model_dump_json(exclude_none=True))
+        log.log(
+            logging.ERROR if report.outcome == "failed" else logging.INFO,
+            "replenish: %s",
+            report.model_dump_json(exclude_none=True),
+        )
         REPLENISH_RUNS.labels(report.outcome).inc()
         depth = report.depth_after if report.depth_after is not None else report.depth_before
         if depth is not None:
@@ -363,7 +376,7 @@ class TaskService:
             self._last_report_path.write_text(report.model_dump_json())
             notice = replenish_notice(report, settings)
             if notice is not None:
-                BOT_SENDS.labels("sent" if await self.notifier.send(notice) else "failed").inc()
+                await self.notifier.send(notice)
         return report
 
     async def _pending(self) -> int | None:
@@ -382,7 +395,7 @@ class TaskService:
             depth = await self.publisher.queue_depth()
             QUEUE_DEPTH.set(depth)
         except ServiceError as exc:
-            queue_error = exc.detail
+            queue_error = ErrorOut(error=exc.error, detail=exc.detail)
         counts = {status.value: page.total or 0 for status, page in zip(TaskStatus, totals, strict=True)}
         for status, count in counts.items():
             POOL_TASKS.labels(status).set(count)
@@ -402,21 +415,28 @@ def replenish_notice(report: ReplenishReport, settings: Settings) -> Notice | No
     if report.outcome in ("skipped", "dry_run", "busy"):
         return None
     lines = [
-        f"**Queue** `{settings.celery_queue}`: {report.depth_before} → {report.depth_after} ready messages",
+        f"**Queue** `{settings.celery_queue}`: {_known(report.depth_before)} → {_known(report.depth_after)} "
+        "ready messages",
         f"**Published**: {report.published}   **Failed**: {report.failed}",
-        f"**PENDING left in the pool**: {report.pending_left}",
+        f"**PENDING left in the pool**: {_known(report.pending_left)}",
     ]
     if report.lease_requeued or report.lease_failed:
         lines.append(f"**Lease recovery**: {report.lease_requeued} back to PENDING, {report.lease_failed} FAILED")
     if report.outcome == "failed":
         return Notice("error", "Replenish failed", [f"**Error**: {report.error}", *lines])
-    if report.pending_left == 0:
+    if report.outcome == "nothing_pending":
         return Notice(
             "warning", "Task pool exhausted", ["The pool has no PENDING task left while the queue is low.", *lines]
         )
-    if report.pending_left is not None and report.pending_left < settings.replenish_batch_size:
+    # a pool that filled a whole batch and cannot fill the next one is running dry; a smaller one just emptied
+    full_batch = report.claimed >= settings.replenish_batch_size
+    if full_batch and report.pending_left is not None and report.pending_left < settings.replenish_batch_size:
         return Notice("warning", "Task pool running low", lines)
     return Notice("ok", "Queue replenished", lines)
+
+
+def _known(value: int | None) -> str:
+    return "unknown" if value is None else f"{value:,}"
 
 
 async def _maybe(work: Callable[[], Awaitable[T]] | None) -> T | None:
@@ -453,6 +473,15 @@ def _checked_canonical(payload: dict[str, Any], index: int) -> str:
             f"the limit is {MAX_PAYLOAD_CHARS:,}"
         )
     return canonical
+
+
+def _priority_note(priority: int | None, stored: Iterable[Stored]) -> str | None:
+    """Dedup wins over ?priority: a task already in the pool keeps its own, and the answer says so."""
+    kept = sum(not entry.created for entry in stored)
+    if priority is None or not kept:
+        return None
+    tasks = "duplicate keeps its" if kept == 1 else "duplicates keep their"
+    return f"priority {priority} applies to new tasks only: {kept} {tasks} own priority"
 
 
 def _items(tasks: Sequence[NewTask], stored: dict[str, Stored]) -> list[dict[str, Any]]:

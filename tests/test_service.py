@@ -1,6 +1,7 @@
 """The rules of the queue side, on both stores, with a fake publisher and a hand-moved clock."""
 
 import asyncio
+import logging
 from datetime import timedelta
 
 import pytest
@@ -112,17 +113,42 @@ async def test_a_missing_queue_or_broker_publishes_nothing_and_says_so(service, 
 async def test_the_bot_hears_about_each_cycle_with_the_right_colour(make_service, publisher, notifier):
     service = make_service(replenish_batch_size=2)
     await service.ingest_tasks([{"n": n} for n in range(5)])
-    await service.replenish()  # 3 left ≥ batch of 2: fine
-    await service.replenish()  # 1 left: low
-    await service.replenish()  # 0 left: exhausted
-    await service.replenish()  # nothing to publish at all
+    await service.replenish()  # a full batch, 3 left ≥ batch of 2: fine
+    await service.replenish()  # a full batch, 1 left: low
+    await service.replenish()  # the last one: the pool held less than a batch, all of it went out
+    await service.replenish()  # nothing to publish while the queue is low: exhausted
     assert [(n.level, n.title) for n in notifier.notices] == [
         ("ok", "Queue replenished"),
         ("warning", "Task pool running low"),
-        ("warning", "Task pool exhausted"),
+        ("ok", "Queue replenished"),
         ("warning", "Task pool exhausted"),
     ]
     assert any("PENDING left in the pool**: 1" in line for line in notifier.notices[1].lines)
+
+
+async def test_a_small_cycle_is_good_news_not_a_warning(service, notifier, caplog):
+    caplog.set_level(logging.INFO)
+    await service.ingest_tasks([{"n": n} for n in range(3)])  # fewer than one batch (10)
+    report = await service.replenish()
+    assert (report.outcome, report.published, report.pending_left) == ("published", 3, 0)
+    assert [(n.level, n.title) for n in notifier.notices] == [("ok", "Queue replenished")]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+@pytest.mark.parametrize("error", [QueueMissing("queue 'q' does not exist"), BrokerUnavailable("down")])
+async def test_a_failed_cycle_is_logged_as_an_error_and_its_card_shows_no_none(
+    service, publisher, notifier, caplog, error
+):
+    caplog.set_level(logging.INFO)
+    await service.ingest_tasks([{"n": 1}])
+    publisher.error = error
+    report = await service.replenish()
+    assert report.outcome == "failed" and report.depth_before is None
+    [card] = notifier.notices
+    assert "None" not in "\n".join(card.lines), card.lines
+    assert any("unknown" in line and "`celery`" in line for line in card.lines), card.lines
+    [logged] = [r for r in caplog.records if r.getMessage().startswith("replenish:")]
+    assert logged.levelno == logging.ERROR and error.detail in logged.getMessage()
 
 
 async def test_lease_recovery_requeues_expired_claims_fails_spent_ones_and_leaves_live_ones(make_service, clock):
@@ -251,4 +277,5 @@ async def test_stats_count_every_status_and_remember_the_last_cycle(service, pub
     assert stats.queue_depth == 3 and stats.queue_error is None
     assert stats.last_replenish.published == 3
     publisher.error = BrokerUnavailable("broker down")
-    assert (await service.stats()).queue_error == "broker down"
+    error = (await service.stats()).queue_error
+    assert (error.error, error.detail) == ("broker_unavailable", "broker down")

@@ -45,8 +45,9 @@ class TaskStore(Protocol):
     def supports_leases(self) -> bool:
         """Whether claims record ClaimedAt and Attempts (Bitable: the optional columns exist)."""
 
-    async def prune(self, status: TaskStatus, created_before: datetime) -> int:
-        """Delete finished tasks created before then; their identifiers stay duplicates. Answer how many went."""
+    async def prune(self, status: TaskStatus, created_before: datetime, *, dry_run: bool = False) -> int:
+        """Delete finished tasks created before then; their identifiers stay duplicates. Answer how many went
+        (with dry_run, how many would go, deleting nothing)."""
 
     async def reindex(self) -> int:
         """Rebuild the identifier index from the pool; answer how many identifiers it holds."""

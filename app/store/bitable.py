@@ -539,7 +539,7 @@ class BitableTaskStore:
         items = [self._decode(record_id, fields) for record_id, fields in page.records]
         return TaskPage(items=items, next_page_token=page.page_token, total=page.total)
 
-    async def prune(self, status: TaskStatus, created_before: datetime) -> int:
+    async def prune(self, status: TaskStatus, created_before: datetime, *, dry_run: bool = False) -> int:
         filter_ = _status_is(status)
         # whole days only in the filter: read that day's rows too and compare exact times here
         filter_["conditions"].append(
@@ -555,6 +555,8 @@ class BitableTaskStore:
                     doomed.append((record_id, _plain(fields.get(IDENTIFIER)) or None))
             if not (token := page.page_token):
                 break
+        if dry_run:
+            return len(doomed)
         # pruned in the index first: a crash between the two must not let a deleted task come back
         await asyncio.to_thread(
             self.index.mark_pruned, [identifier for _, identifier in doomed if _is_identifier(identifier)]

@@ -249,11 +249,13 @@ class SqliteTaskStore:
     def supports_leases(self) -> bool:
         return True
 
-    async def prune(self, status: TaskStatus, created_before: datetime) -> int:
-        return await self._run(self._prune, status, to_ms(created_before))
+    async def prune(self, status: TaskStatus, created_before: datetime, *, dry_run: bool = False) -> int:
+        return await self._run(self._prune, status, to_ms(created_before), dry_run)
 
-    def _prune(self, status: TaskStatus, created_before_ms: int) -> int:
+    def _prune(self, status: TaskStatus, created_before_ms: int, dry_run: bool) -> int:
         where, args = "status = ? AND created_at < ?", (status.value, created_before_ms)
+        if dry_run:
+            return self.db.execute(f"SELECT count(*) FROM tasks WHERE {where}", args).fetchone()[0]
         with self._transaction():
             self.db.execute(f"INSERT OR IGNORE INTO pruned SELECT identifier FROM tasks WHERE {where}", args)
             return self.db.execute(f"DELETE FROM tasks WHERE {where}", args).rowcount
