@@ -21,8 +21,11 @@ RUN groupadd --system --gid 10001 app \
     && chown app:app /data \
     && ln -s /data /srv/data
 
+COPY pyproject.toml ./
 COPY app/ app/
 COPY examples/ examples/
+# the project itself (its dependencies are in already): the `task-manager` command, as `make` installs it
+RUN pip install --no-cache-dir --no-deps . && rm -rf build ./*.egg-info
 
 USER 10001:10001
 VOLUME /data

@@ -6,14 +6,16 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint bench reliability
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-dev.txt
+	# the project itself, editable: puts the `task-manager` command in $(BIN)
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m app serve
+	$(BIN)/task-manager serve
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -37,14 +37,14 @@ def _settings():
 
 @cli.command()
 def serve(
-    host: str = typer.Option("127.0.0.1", envvar="HOST"),
-    port: int = typer.Option(8000, envvar="PORT"),
+    host: str | None = typer.Option(None, help="default: HOST from .env or the environment (127.0.0.1)"),
+    port: int | None = typer.Option(None, help="default: PORT from .env or the environment (8000)"),
 ) -> None:
     """Run the HTTP service (the same app as `uvicorn app.main:app`)."""
     import uvicorn
 
-    _settings()
-    uvicorn.run("app.main:app", host=host, port=port)
+    settings = _settings()
+    uvicorn.run("app.main:app", host=host or settings.host, port=port or settings.port)
 
 
 @cli.command()

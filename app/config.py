@@ -28,6 +28,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True)
 
+    host: str = Field("127.0.0.1", min_length=1)  # `task-manager serve`; the image always listens on 0.0.0.0:80
+    port: int = Field(8000, ge=1, le=65_535)
     api_keys: Annotated[list[SecretStr], NoDecode] = []
     log_level: str = Field("INFO", pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR)$")
     log_format: str = Field("json", pattern=r"^(json|text)$")

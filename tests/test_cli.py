@@ -1,13 +1,17 @@
 import json
 import os
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
+import httpx
 import pytest
 
 from app.models import StatusChange, TaskStatus
 from tests.feishu.fixtures import APP_TOKEN, TABLE_ID
+from tests.processes import free_port, stop, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -203,3 +207,50 @@ def test_stats_names_a_missing_queue_once_and_still_counts_the_pool(tmp_path, ra
     assert "ready messages" not in out
     cycle = run_cli("replenish", env=env, cwd=tmp_path)
     assert cycle.returncode == 1 and "queue_missing" in cycle.stdout
+
+
+def test_the_project_ships_the_task_manager_console_script():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["scripts"] == {"task-manager": "app.cli:main"}
+    assert project["build-system"]["build-backend"]
+    assert project["tool"]["setuptools"]["packages"]["find"]["include"] == ["app", "app.*"]
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"pip install .*-e \.", makefile), "make must install the project (and its script) into .venv"
+    script = Path(sys.executable).parent / "task-manager"
+    assert script.exists(), f"{script}: run make (it installs the project into .venv)"
+    usage = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert usage.returncode == 0 and "replenish" in usage.stdout and "prune" in usage.stdout
+    assert run_cli("--help", env={}, cwd=ROOT).returncode == 0  # python -m app still works
+
+
+def test_serve_takes_host_and_port_from_dotenv(tmp_path):
+    port = free_port()
+    (tmp_path / ".env").write_text(f"HOST=127.0.0.1\nPORT={port}\nDATA_DIR=data\nSCHEDULER_ENABLED=false\n")
+    script = Path(sys.executable).parent / "task-manager"
+    env = {k: v for k, v in os.environ.items() if k not in ("HOST", "PORT")}
+    with (tmp_path / "serve.log").open("w") as log:
+        proc = subprocess.Popen([str(script), "serve"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+
+        def healthy() -> bool:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(healthy, 60, f"task-manager serve on PORT={port} from .env")
+    finally:
+        stop(proc)
+    assert (tmp_path / "data" / "tasks.db").exists()  # DATA_DIR from the same .env
+
+
+def test_readme_examples_use_the_console_script():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", readme, re.S)
+    inline = re.findall(r"`([^`\n]+)`", readme)
+    stale = [line for line in [*"".join(blocks).splitlines(), *inline] if "python -m app" in line]
+    assert stale == [], stale
+    assert "task-manager" in "".join(blocks)
+    example = (ROOT / ".env.example").read_text()
+    assert re.search(r"^HOST=", example, re.M) and re.search(r"^PORT=", example, re.M)

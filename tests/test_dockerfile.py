@@ -104,10 +104,12 @@ def test_installs_the_runtime_requirements_ci_installs_and_copies_only_the_code(
     copied = [arguments.split() for arguments in arguments_of("COPY")]
     assert all(not part.startswith("--") for parts in copied for part in parts), "COPY --from/--chown is not expected"
     sources = {source for *from_context, _destination in copied for source in from_context}
-    assert sources == {"requirements.txt", "app/", "examples/"}
+    assert sources == {"requirements.txt", "pyproject.toml", "app/", "examples/"}
 
     runs = arguments_of("RUN")
     assert any("pip install --no-cache-dir -r requirements.txt" in run for run in runs), runs
+    # the project too, as `make` installs it: the image has the `task-manager` command
+    assert any("pip install --no-cache-dir --no-deps ." in run for run in runs), runs
 
 
 def test_runs_as_a_fixed_non_root_user_with_data_on_a_volume() -> None:
@@ -130,7 +132,7 @@ def test_dockerignore_keeps_secrets_and_local_state_out_of_the_context() -> None
     for name in (".env", ".git", ".venv", "data", "tests", "bench"):
         assert name in patterns, f".dockerignore must exclude {name}"
         assert f"!{name}" not in patterns
-    for name in ("app", "examples", "requirements.txt"):  # what the image copies stays in the context
+    for name in ("app", "examples", "requirements.txt", "pyproject.toml"):  # what the image copies stays in the context
         assert name not in patterns
 
 
