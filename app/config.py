@@ -1,6 +1,6 @@
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -155,14 +155,17 @@ def _redis_step(priority: int) -> int:
     return max(step for step in (0, 3, 6, 9) if step <= priority)
 
 
+S = TypeVar("S", bound=Settings)
+
+
 class ConfigError(RuntimeError):
     """A setting is missing or invalid; the message names it."""
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(kind: type[S] = Settings, **overrides: object) -> S:
     """Read the settings once, turning pydantic's report into one line per bad setting."""
     try:
-        settings = Settings(**overrides)
+        settings = kind(**overrides)
     except ValidationError as exc:
         lines = [f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()]
         raise ConfigError("invalid settings: " + "; ".join(lines)) from None

@@ -120,7 +120,7 @@ def running_service(
 
 @contextmanager
 def worker_process(env: dict[str, str], workdir: Path, queue: str, concurrency: int = 2) -> Iterator[Path]:
-    """examples/worker.py under `celery worker`; yields its log path."""
+    """examples/worker.py under `celery worker`, started in workdir (where its .env is); yields its log path."""
     log_path = workdir / f"worker-{queue}.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(
@@ -143,7 +143,7 @@ def worker_process(env: dict[str, str], workdir: Path, queue: str, concurrency: 
                 "INFO",
             ],
             env=_env(env),
-            cwd=ROOT,
+            cwd=workdir,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
