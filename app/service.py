@@ -1,6 +1,5 @@
 import asyncio
 import logging
-import os
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -49,6 +48,7 @@ from app.store.journal import ClaimJournal
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_INLINE_PAYLOADS = 100  # more than this many payloads are canonicalized and hashed on a thread
 
 
 def utc_now() -> datetime:
@@ -92,21 +92,21 @@ class TaskService:
             raise TooManyTasks(f"{len(payloads)} tasks in one request; MAX_TASKS_PER_REQUEST is {limit}")
         return [self.new_task(payload, priority, index=i) for i, payload in enumerate(payloads)]
 
+    async def _new_tasks_off_loop(self, payloads: Sequence[dict[str, Any]], priority: int | None) -> list[NewTask]:
+        """Canonicalizing and hashing a big batch takes a while: a thread keeps the loop answering meanwhile."""
+        if len(payloads) <= _INLINE_PAYLOADS:
+            return self.new_tasks(payloads, priority)  # a thread hop costs more than a small batch
+        return await asyncio.to_thread(self.new_tasks, payloads, priority)
+
     async def ingest_tasks(self, payloads: Sequence[dict[str, Any]], priority: int | None = None) -> IngestResponse:
-        tasks = self.new_tasks(payloads, priority)
+        tasks = await self._new_tasks_off_loop(payloads, priority)
         unique: dict[str, NewTask] = {}
         for task in tasks:
             unique.setdefault(task.identifier, task)  # the first payload of an identifier wins
         try:
             stored = {entry.identifier: entry for entry in await self.store.add(list(unique.values()))}
         except StoreUnavailable as exc:
-            landed = {entry.identifier: entry for entry in exc.extra.get("stored", [])}
-            raise StoreUnavailable(
-                f"{exc.detail}; {len(landed)} of {len(unique)} distinct tasks were stored, "
-                "and sending the same request again is safe",
-                retry_after=exc.retry_after,
-                extra={"items": _items(tasks, landed)},
-            ) from exc
+            raise _not_all_stored(exc, tasks, {entry.identifier: entry for entry in exc.stored}) from exc
         items = _items(tasks, stored)
         created_count = sum(item["outcome"] == "created" for item in items)
         TASKS_INGESTED.labels("created").inc(created_count)
@@ -185,29 +185,35 @@ class TaskService:
 
     async def push_priority(self, payloads: Sequence[dict[str, Any]], force: bool = False) -> PriorityResponse:
         """Send urgent tasks straight to the queue at high priority, storing the new ones first."""
-        tasks = self.new_tasks(payloads)
+        tasks = await self._new_tasks_off_loop(payloads, None)
         unique: dict[str, NewTask] = {}
         for task in tasks:
             unique.setdefault(task.identifier, task)
         results: dict[str, tuple[str | None, str]] = {}
         async with self._claiming:
-            stored = await self.store.add(list(unique.values()))
-            existing = await self.store.get([s.record_id for s in stored if s.record_id and not s.created])
-            to_send: list[TaskRecord] = []
-            for entry in stored:
-                if entry.created:
-                    task = unique[entry.identifier]
-                    to_send.append(TaskRecord(entry.record_id, task.identifier, TaskStatus.PENDING, task.payload))
-                    continue
-                record = existing.get(entry.record_id or "")
-                if record is None:  # pruned, or deleted from the table by hand: nothing left to send
-                    results[entry.identifier] = (entry.record_id, "already_done")
-                elif record.status is TaskStatus.PENDING or force:
-                    to_send.append(record)
-                else:
-                    outcome = "already_queued" if record.status is TaskStatus.PROCESSING else "already_done"
-                    results[entry.identifier] = (record.record_id, outcome)
-            sent, unsent, _, _ = await self._dispatch(to_send, "high")
+            try:
+                stored = await self.store.add(list(unique.values()))
+            except StoreUnavailable as exc:
+                raise _not_all_stored(exc, tasks, {entry.identifier: entry for entry in exc.stored}) from exc
+            try:
+                existing = await self.store.get([s.record_id for s in stored if s.record_id and not s.created])
+                to_send: list[TaskRecord] = []
+                for entry in stored:
+                    if entry.created:
+                        task = unique[entry.identifier]
+                        to_send.append(TaskRecord(entry.record_id, task.identifier, TaskStatus.PENDING, task.payload))
+                        continue
+                    record = existing.get(entry.record_id or "")
+                    if record is None:  # pruned, or deleted from the table by hand: nothing left to send
+                        results[entry.identifier] = (entry.record_id, "already_done")
+                    elif record.status is TaskStatus.PENDING or force:
+                        to_send.append(record)
+                    else:
+                        outcome = "already_queued" if record.status is TaskStatus.PROCESSING else "already_done"
+                        results[entry.identifier] = (record.record_id, outcome)
+                sent, unsent, _, _ = await self._dispatch(to_send, "high")
+            except StoreUnavailable as exc:  # all stored: the same request again publishes what is still PENDING
+                raise _not_all_stored(exc, tasks, {entry.identifier: entry for entry in stored}) from exc
         for record in sent:
             results[record.identifier or ""] = (record.record_id, "published")
         for record in unsent:
@@ -277,7 +283,7 @@ class TaskService:
     async def settle_claims(self) -> int:
         """Undo claims a crash or an outage left between claim and publish; answer how many were put back."""
         async with self._claiming:
-            claims = [c for c in self.journal.unsettled() if c.owner == os.getpid() or not _alive(c.owner)]
+            claims = self.journal.settleable()
             if not claims:
                 return 0
             unpublished = {c.record_id: c for c in claims if not c.published}
@@ -360,6 +366,12 @@ class TaskService:
             report.outcome = "failed"
             report.error = f"{report.error}; {exc.detail}" if report.error else exc.detail
             report.error_code = report.error_code or exc.error
+        except Exception as exc:  # a bug or an untranslated failure: the cycle still reports, counts and tells the bot
+            log.exception("replenish cycle failed")
+            report.outcome = "failed"
+            failure = f"{type(exc).__name__}: {exc}"
+            report.error = f"{report.error}; {failure}" if report.error else failure
+            report.error_code = report.error_code or "internal_error"
         finally:
             self._cycle.release()
         report.finished_at = self.clock()
@@ -373,7 +385,10 @@ class TaskService:
         if depth is not None:
             QUEUE_DEPTH.set(depth)
         if not dry_run:
-            self._last_report_path.write_text(report.model_dump_json())
+            try:
+                self._last_report_path.write_text(report.model_dump_json())
+            except OSError as exc:  # a full or read-only DATA_DIR: stats show an older report, the bot still hears
+                log.error("could not keep the cycle's report in %s: %s", self._last_report_path, exc)
             notice = replenish_notice(report, settings)
             if notice is not None:
                 await self.notifier.send(notice)
@@ -452,16 +467,6 @@ async def _all(*steps: Awaitable[Any]) -> list[Any]:
     return results
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _checked_canonical(payload: dict[str, Any], index: int) -> str:
     try:
         canonical = canonical_json(payload)
@@ -482,6 +487,17 @@ def _priority_note(priority: int | None, stored: Iterable[Stored]) -> str | None
         return None
     tasks = "duplicate keeps its" if kept == 1 else "duplicates keep their"
     return f"priority {priority} applies to new tasks only: {kept} {tasks} own priority"
+
+
+def _not_all_stored(exc: StoreUnavailable, tasks: Sequence[NewTask], landed: dict[str, Stored]) -> StoreUnavailable:
+    """The one 503 a request that stores tasks answers: what landed, per payload, as plain JSON."""
+    distinct = len({task.identifier for task in tasks})
+    return StoreUnavailable(
+        f"{exc.detail}; {len(landed)} of {distinct} distinct tasks were stored, "
+        "and sending the same request again is safe",
+        retry_after=exc.retry_after,
+        extra={"items": _items(tasks, landed)},
+    )
 
 
 def _items(tasks: Sequence[NewTask], stored: dict[str, Stored]) -> list[dict[str, Any]]:

@@ -1,17 +1,23 @@
 """The rules of the queue side, on both stores, with a fake publisher and a hand-moved clock."""
 
 import asyncio
+import errno
+import json
 import logging
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
-from app.errors import BrokerUnavailable, Conflict, QueueMissing
+from app.errors import BrokerUnavailable, Conflict, QueueMissing, StoreUnavailable
 from app.models import StatusChange, TaskStatus
 from app.service import TaskService
 from app.store.journal import ClaimJournal
 from tests.conftest import make_settings
 from tests.fakes import Clock, FakePublisher, RecordingNotifier
+from tests.processes import wait_until
+from tests.store.test_journal import claiming_child
 
 
 @pytest.fixture
@@ -279,3 +285,50 @@ async def test_stats_count_every_status_and_remember_the_last_cycle(service, pub
     publisher.error = BrokerUnavailable("broker down")
     error = (await service.stats()).queue_error
     assert (error.error, error.detail) == ("broker_unavailable", "broker down")
+
+
+async def test_claims_of_a_crashed_process_are_put_back_while_it_is_a_zombie(service):
+    (item,) = (await service.ingest_tasks([{"n": 1}])).items
+    await service.store.update([StatusChange(item.record_id, TaskStatus.PROCESSING, attempts=1)])
+    with claiming_child(service.journal.path, item.record_id) as child:
+        assert await service.settle_claims() == 0, "its owner is alive: it may still be publishing"
+        child.kill()
+        wait_until(
+            lambda: Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z", 10, "a zombie"
+        )
+        assert await service.settle_claims() == 1
+    record = (await service.store.get([item.record_id]))[item.record_id]
+    assert (record.status, record.attempts) == (TaskStatus.PENDING, 0)
+    assert service.journal.unsettled() == []
+
+
+def failed_runs() -> float:
+    return REGISTRY.get_sample_value("taskmanager_replenish_runs_total", {"outcome": "failed"}) or 0
+
+
+@pytest.mark.parametrize("error", [RuntimeError("a bug"), OSError(errno.EIO, "Input/output error")])
+async def test_a_cycle_that_fails_for_any_reason_sends_the_red_card_and_counts(service, publisher, notifier, error):
+    await service.ingest_tasks([{"n": 1}])
+    publisher.error = error
+    before = failed_runs()
+    report = await service.replenish()
+    assert report.outcome == "failed" and report.error
+    assert [(n.level, n.title) for n in notifier.notices] == [("error", "Replenish failed")]
+    assert failed_runs() == before + 1
+
+
+async def test_a_full_claim_journal_is_a_store_unavailable_and_a_failed_cycle(service, publisher, notifier):
+    await service.ingest_tasks([{"n": n} for n in range(300)])  # their claims need more pages than the journal has
+    service.settings.replenish_batch_size = 300
+    journal = service.journal.db
+    journal.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    (pages,) = journal.execute("PRAGMA page_count").fetchone()
+    journal.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own SQLITE_FULL, as on a full disk
+    with pytest.raises(StoreUnavailable) as unavailable:
+        await service.push_priority([{"n": n} for n in range(300)])
+    assert unavailable.value.status_code == 503 and unavailable.value.headers["Retry-After"]
+    assert json.dumps(unavailable.value.extra)  # plain JSON for the 503 body
+    report = await service.replenish()
+    assert report.outcome == "failed" and "full" in report.error
+    assert [n.level for n in notifier.notices] == ["error"] and publisher.sent == []
+    assert set((await statuses(service)).values()) == {TaskStatus.PENDING}

@@ -19,7 +19,7 @@ class TaskStore(Protocol):
     async def add(self, tasks: Sequence[NewTask]) -> list[Stored]:
         """Store the tasks whose identifiers were never seen; one `Stored` per task, in order.
 
-        Dedup is atomic across concurrent calls. On `StoreUnavailable`, `extra["stored"]` lists the
+        Dedup is atomic across concurrent calls. On `StoreUnavailable`, its `stored` lists the
         `Stored` entries that are certain, so the caller can tell the client what landed.
         """
 

@@ -226,9 +226,7 @@ class BitableTaskStore:
             outcome = future.result()
             results[identifier] = Stored(identifier, outcome.record_id, outcome.created and identifier in mine)
         if isinstance(failure, StoreUnavailable):  # a fresh error: the writer's one is shared by every waiter
-            raise StoreUnavailable(
-                failure.detail, retry_after=failure.retry_after, extra={"stored": [*results.values()]}
-            )
+            raise StoreUnavailable(failure.detail, retry_after=failure.retry_after, stored=[*results.values()])
         if failure is not None:
             raise failure
         return [results[task.identifier] for task in tasks]
