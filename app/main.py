@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from app.api.errors import install_error_handlers
+from app.api.guard import RequestGuard
 from app.api.ops import probes
 from app.api.ops import router as ops_router
 from app.api.tasks import router as tasks_router
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         current = settings or load_settings()
         configure_logging(current)
         app.state.api_keys = [key.get_secret_value().encode() for key in current.api_keys]
+        app.state.max_request_bytes = current.max_request_bytes
         if not app.state.api_keys:
             log.warning("API_KEYS is empty: every /api route is open to anyone who can reach this port")
         async with running_service(current) as service:
@@ -83,7 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tasks_router)
     app.include_router(ops_router)
     app.include_router(probes)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestGuard)
+    app.add_middleware(RequestIdMiddleware)  # added last, so outermost: a refusal is logged with its id too
     return app
 
 

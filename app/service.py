@@ -1,7 +1,10 @@
 import asyncio
 import logging
+import os
+import tempfile
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 from app.broker import Message, Publisher
@@ -45,6 +48,7 @@ from app.models import (
 from app.notify import Notice, Notifier
 from app.store.base import TaskStore
 from app.store.journal import ClaimJournal
+from app.store.records import local_storage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -394,6 +398,10 @@ class TaskService:
                 await self.notifier.send(notice)
         return report
 
+    async def check_data_dir(self) -> None:
+        """DATA_DIR takes a new file's write through to the disk: the claim journal and the index need it."""
+        await asyncio.to_thread(_probe_write, self.settings.data_dir)
+
     async def _pending(self) -> int | None:
         return (await self.store.page(TaskStatus.PENDING, 1, None)).total
 
@@ -465,6 +473,18 @@ async def _all(*steps: Awaitable[Any]) -> list[Any]:
         if isinstance(result, BaseException):
             raise result
     return results
+
+
+def _probe_write(directory: Path) -> None:
+    # a new file each time: rewriting an old one could reuse its block on a disk that has no free one left
+    with local_storage(f"writing to DATA_DIR ({directory})"):
+        fd, name = tempfile.mkstemp(prefix=".ready-", dir=directory)
+        try:
+            os.write(fd, b"ready\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(name)
 
 
 def _checked_canonical(payload: dict[str, Any], index: int) -> str:

@@ -44,10 +44,15 @@ async def healthz() -> dict[str, str]:
 
 @probes.get("/readyz", responses={503: {"description": "a dependency is down; the body names it"}})
 async def readyz(service: ServiceDep) -> JSONResponse:
-    """The store (Feishu token and table, or SQLite) and the broker answer within a few seconds."""
-    names = ("store", "broker")
+    """The store (Feishu token and table, or SQLite) and the broker answer within seconds; DATA_DIR is writable."""
+    probes_by_name = {
+        "store": service.store.check,
+        "broker": service.publisher.check,
+        "data_dir": service.check_data_dir,
+    }
+    names = tuple(probes_by_name)
     results = await asyncio.gather(
-        *(asyncio.wait_for(check(), PROBE_TIMEOUT_SECONDS) for check in (service.store.check, service.publisher.check)),
+        *(asyncio.wait_for(check(), PROBE_TIMEOUT_SECONDS) for check in probes_by_name.values()),
         return_exceptions=True,
     )
     checks = {name: _probe_result(result) for name, result in zip(names, results, strict=True)}

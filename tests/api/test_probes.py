@@ -17,7 +17,7 @@ def samples(client) -> dict[tuple[str, tuple], float]:
 
 def test_readyz_is_ready_on_the_embedded_default(client):
     body = client.get("/readyz").json()
-    assert body == {"status": "ready", "checks": {"store": "ok", "broker": "ok"}}
+    assert body == {"status": "ready", "checks": {"store": "ok", "broker": "ok", "data_dir": "ok"}}
 
 
 def test_readyz_names_the_broker_when_it_is_down(tmp_path):
@@ -34,7 +34,7 @@ def test_readyz_names_the_broker_when_it_is_down(tmp_path):
 
 def test_readyz_names_feishu_when_it_is_down(feishu, tmp_path):
     with TestClient(create_app(bitable_settings(feishu, tmp_path / "data", feishu_retry_attempts=1))) as client:
-        assert client.get("/readyz").json()["checks"] == {"store": "ok", "broker": "ok"}
+        assert client.get("/readyz").json()["checks"] == {"store": "ok", "broker": "ok", "data_dir": "ok"}
         feishu.stop()
         response = client.get("/readyz")
     assert response.status_code == 503
