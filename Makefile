@@ -10,8 +10,9 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-dev.txt
-	# the project itself, editable: puts the `task-manager` command in $(BIN)
-	$(BIN)/pip install --quiet --no-deps -e .
+	# the project itself, editable: puts the `task-manager` command in $(BIN). setuptools warns that a folder
+	# named like the package could shadow it; here that folder is the package.
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 run: $(STAMP)

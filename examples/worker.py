@@ -9,7 +9,7 @@ default) and sends the service's own API key. Run it from the repository root, b
 Each task does sample work (a Fibonacci number and a short sleep), fails now and then, and reports
 SUCCESS or FAILED back through POST /api/tasks/update-status, using its own task id as the record id.
 
-Its own settings, read the same way: TASK_MANAGER_URL (default http://127.0.0.1:8000), TASK_MANAGER_API_KEY
+Its own settings, read the same way: TASK_MANAGER_URL (default: http://HOST:PORT), TASK_MANAGER_API_KEY
 (default: the first of API_KEYS), WORKER_FAIL_RATE (default 0.1), WORKER_SLEEP_SECONDS (default 0.05). On RabbitMQ
 it declares CELERY_QUEUE with x-max-priority = CELERY_QUEUE_MAX_PRIORITY (default 10).
 """
@@ -32,10 +32,15 @@ from app.config import Settings, load_settings
 class WorkerSettings(Settings):
     """The service's settings (same .env, same rules) and the worker's own."""
 
-    task_manager_url: str = "http://127.0.0.1:8000"
+    task_manager_url: str = ""  # empty: the service `task-manager serve` runs with the same HOST and PORT
     task_manager_api_key: SecretStr = SecretStr("")
     worker_fail_rate: float = Field(0.1, ge=0, le=1)
     worker_sleep_seconds: float = Field(0.05, ge=0)
+
+    @property
+    def service_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return (self.task_manager_url or f"http://{host}:{self.port}").rstrip("/")
 
     @property
     def api_key(self) -> str:
@@ -60,7 +65,7 @@ if settings.broker_scheme == "amqp":
         )
     ]
 
-SERVICE_URL = settings.task_manager_url.rstrip("/")
+SERVICE_URL = settings.service_url
 _client = httpx.Client(timeout=10, headers={"X-API-Key": settings.api_key} if settings.api_key else {})
 
 

@@ -41,7 +41,7 @@ def test_the_example_worker_reads_api_keys_from_dotenv_as_the_service_does(tmp_p
     port, key = free_port(), "dotenv-only-key-5f2c"
     (tmp_path / ".env").write_text(
         f"API_KEYS={key}\nDATA_DIR=data\nSCHEDULER_ENABLED=false\n"
-        f"TASK_MANAGER_URL=http://127.0.0.1:{port}\nWORKER_FAIL_RATE=0\nWORKER_SLEEP_SECONDS=0\n"
+        f"PORT={port}\nWORKER_FAIL_RATE=0\nWORKER_SLEEP_SECONDS=0\n"  # no TASK_MANAGER_URL: the worker finds PORT
     )
     with running_service({}, tmp_path, port=port) as (url, _):
         auth = {"X-API-Key": key}
