@@ -35,4 +35,5 @@ EXPOSE 80
 # No curl in a slim image: the standard library asks /healthz (urlopen raises, so exits 1, on refusal or non-2xx).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:80/healthz', timeout=3)"]
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "80"]
+# serve, not bare uvicorn: the SERVER_* limits and timeouts, and the open-file soft limit raised to the hard one
+CMD ["python", "-m", "app", "serve", "--host", "0.0.0.0", "--port", "80"]

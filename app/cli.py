@@ -1,6 +1,7 @@
 import asyncio
 import json
 import logging
+import resource
 import shutil
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
@@ -44,7 +45,40 @@ def serve(
     import uvicorn
 
     settings = _settings()
-    uvicorn.run("app.main:app", host=host or settings.host, port=port or settings.port)
+    open_files = _raise_open_file_limit()
+    if open_files < settings.server_limit_concurrency + _SPARE_FILES:
+        logging.getLogger("app").warning(
+            "the open-file limit (%d) leaves too few for SERVER_LIMIT_CONCURRENCY=%d connections: raise it "
+            "(docker run --ulimit nofile=65536) or lower the setting",
+            open_files,
+            settings.server_limit_concurrency,
+        )
+    uvicorn.run(
+        "app.main:app",
+        host=host or settings.host,
+        port=port or settings.port,
+        log_config=None,  # uvicorn's lines go through the one redacting handler set up above, not a second one
+        limit_concurrency=settings.server_limit_concurrency,  # past it: 503 at once, logged by uvicorn
+        backlog=settings.server_backlog,
+        timeout_keep_alive=settings.server_timeout_keep_alive,
+        h11_max_incomplete_event_size=settings.server_max_header_bytes,
+    )
+
+
+_SPARE_FILES = 128  # descriptors besides connections: SQLite files, the broker, Feishu connections, logs
+
+
+def _raise_open_file_limit() -> int:
+    """The soft open-file limit up to the hard one (containers often start at 1,024); answers the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65_536 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
+    return soft
 
 
 @cli.command()
@@ -200,5 +234,4 @@ def demo(
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING)  # until a command's settings configure logging properly
-    cli()
+    cli()  # no logging set-up here: each command's settings install the one redacting handler

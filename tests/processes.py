@@ -81,21 +81,27 @@ def _signal_group(proc: subprocess.Popen, signum: int) -> None:
 
 @contextmanager
 def service_process(env: dict[str, str], workdir: Path, port: int | None = None) -> Iterator[str]:
-    """`uvicorn app.main:app`, the command the Docker image runs; yields its base URL once /healthz answers."""
+    """`python -m app serve`, the command the Docker image runs; yields its base URL once /healthz answers."""
     with running_service(env, workdir, port) as (url, _):
         yield url
 
 
 @contextmanager
 def running_service(
-    env: dict[str, str], workdir: Path, port: int | None = None, name: str | None = None
+    env: dict[str, str],
+    workdir: Path,
+    port: int | None = None,
+    name: str | None = None,
+    argv: list[str] | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Like service_process, but hands out the process too, for a test that kills it."""
+    """Like service_process, but hands out the process too, for a test that kills it; `argv` (which gets
+    `--port`) starts another command than the image's."""
     port = port or free_port()
     log_path = workdir / f"service-{name or port}.log"
+    command = argv or [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1"]
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
+            [*command, "--port", str(port)],
             env=_env(env),
             cwd=workdir,
             stdout=log,
