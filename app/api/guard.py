@@ -31,7 +31,9 @@ class RequestGuard:
             try:
                 check_api_key(supplied_key(headers), state.api_keys)
             except Unauthorized as exc:
-                await service_error_response(exc)(scope, receive, send)
+                refusal = service_error_response(exc)
+                refusal.headers["Connection"] = "close"  # or the server reads (to drop) a body nobody wants
+                await refusal(scope, receive, send)
                 return
         limit: int = state.max_request_bytes
         declared = headers.get("content-length", "")
