@@ -334,9 +334,12 @@ class TaskService:
         report = ReplenishReport(
             outcome="skipped", dry_run=dry_run, started_at=self.clock(), threshold=settings.replenish_threshold
         )
-        if not self._cycle.acquire():
-            raise Conflict("a replenish cycle is already running")
+        locked = False
         try:
+            with local_storage(f"taking {self._cycle.path}"):  # a DATA_DIR gone read-only fails here first
+                locked = self._cycle.acquire()
+            if not locked:
+                raise Conflict("a replenish cycle is already running")
             if not dry_run:
                 await self.settle_claims()
             async with self._claiming:
@@ -366,6 +369,8 @@ class TaskService:
                 report.depth_after = await self.publisher.queue_depth()
             if report.pending_left is None:
                 report.pending_left = await self._pending()
+        except Conflict:
+            raise
         except ServiceError as exc:
             report.outcome = "failed"
             report.error = f"{report.error}; {exc.detail}" if report.error else exc.detail
@@ -377,7 +382,8 @@ class TaskService:
             report.error = f"{report.error}; {failure}" if report.error else failure
             report.error_code = report.error_code or "internal_error"
         finally:
-            self._cycle.release()
+            if locked:
+                self._cycle.release()
         report.finished_at = self.clock()
         log.log(
             logging.ERROR if report.outcome == "failed" else logging.INFO,

@@ -332,3 +332,20 @@ async def test_a_full_claim_journal_is_a_store_unavailable_and_a_failed_cycle(se
     assert report.outcome == "failed" and "full" in report.error
     assert [n.level for n in notifier.notices] == ["error"] and publisher.sent == []
     assert set((await statuses(service)).values()) == {TaskStatus.PENDING}
+
+
+async def test_a_cycle_that_cannot_take_its_lock_file_is_a_failed_cycle_with_its_card(service, notifier):
+    await service.ingest_tasks([{"n": 1}])
+    (service.settings.data_dir / "replenish.lock").mkdir(parents=True)  # a real OSError (EISDIR) on opening it
+    before = failed_runs()
+    report = await service.replenish()
+    assert (report.outcome, report.error_code) == ("failed", "store_unavailable") and "replenish.lock" in report.error
+    assert [n.title for n in notifier.notices] == ["Replenish failed"] and failed_runs() == before + 1
+
+
+async def test_a_second_cycle_in_the_same_process_is_refused_and_leaves_the_first_ones_lock(service):
+    assert service._cycle.acquire()  # this process is mid-cycle
+    with pytest.raises(Conflict):
+        await service.replenish()
+    assert service._cycle.held
+    service._cycle.release()
