@@ -35,6 +35,7 @@ MAX_CREATE = 1_000  # records per batch_create / batch_update
 MAX_GET = 100  # record ids per batch_get
 MAX_DELETE = 500  # record ids per batch_delete
 MAX_PAGE = 500  # search page_size
+_PAGE_TOKEN = re.compile(r"[\x21-\x7e]{1,512}")  # Feishu's page tokens are opaque, but printable ASCII
 MAX_CONDITIONS = 50
 MAX_FILTER_CHARS = 2_000
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -522,6 +523,8 @@ class BitableTaskStore:
         return records[:limit]
 
     async def page(self, status: TaskStatus | None, limit: int, page_token: str | None) -> TaskPage:
+        if page_token and not _PAGE_TOKEN.fullmatch(page_token):  # refused here, not by a call that costs quota
+            raise InvalidInput("page_token is not one this service gave out")
         filter_ = _status_is(status) if status else None
         try:
             page = await self.table.search(

@@ -109,3 +109,11 @@ def _our_handler_removed():
     yield
     for handler in [h for h in logging.getLogger().handlers if h.get_name() == "task-manager"]:
         logging.getLogger().removeHandler(handler)
+
+
+def test_a_page_token_feishu_never_gave_is_a_422_without_a_call(bitable_client, feishu):
+    feishu.reset_calls()
+    for token in ("²", "a b", "x" * 513):
+        response = bitable_client.get("/api/tasks", params={"page_token": token})
+        assert response.status_code == 422 and response.json()["error"] == "invalid_input", response.text
+    assert feishu.count("search") == 0
