@@ -81,6 +81,6 @@ class CycleFailed(ServiceError):
 
     status_code = 503
 
-    def __init__(self, error: str, detail: str, report: dict[str, Any]):
-        super().__init__(detail, extra={"report": report})
+    def __init__(self, error: str, detail: str, report: dict[str, Any], *, retry_after: int = 30):
+        super().__init__(detail, extra={"report": report}, headers={"Retry-After": str(retry_after)})
         self.error = error
