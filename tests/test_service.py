@@ -4,6 +4,7 @@ import asyncio
 import errno
 import json
 import logging
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from app.errors import BrokerUnavailable, Conflict, QueueMissing, StoreUnavailable
+from app.identity import task_identifier
 from app.models import StatusChange, TaskStatus
 from app.service import TaskService
 from app.store.journal import ClaimJournal
@@ -349,3 +351,20 @@ async def test_a_second_cycle_in_the_same_process_is_refused_and_leaves_the_firs
         await service.replenish()
     assert service._cycle.held
     service._cycle.release()
+
+
+async def test_a_big_batch_is_canonicalized_and_hashed_off_the_event_loop(service, monkeypatch):
+    threads = []
+    validate = TaskService.new_tasks
+
+    def watched(self, *args, **kwargs):
+        threads.append(threading.get_ident())
+        return validate(self, *args, **kwargs)
+
+    monkeypatch.setattr(TaskService, "new_tasks", watched)
+    big = await service.ingest_tasks([{"n": n} for n in range(101)])
+    small = await service.push_priority([{"n": 1}])
+    assert threads[0] != threading.get_ident(), "101 payloads: on a worker thread"
+    assert threads[1] == threading.get_ident(), "one payload: inline, a thread hop would cost more"
+    assert big.created == 101 and big.items[1].identifier == task_identifier({"n": 1})
+    assert small.items[0].outcome == "published"
