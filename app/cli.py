@@ -61,7 +61,6 @@ def serve(
         limit_concurrency=settings.server_limit_concurrency,  # past it: 503 at once, logged by uvicorn
         backlog=settings.server_backlog,
         timeout_keep_alive=settings.server_timeout_keep_alive,
-        h11_max_incomplete_event_size=settings.server_max_header_bytes,
     )
 
 

@@ -43,7 +43,6 @@ class Settings(BaseSettings):
     server_limit_concurrency: int = Field(1_000, ge=1)
     server_backlog: int = Field(2_048, ge=1)
     server_timeout_keep_alive: int = Field(5, ge=1, le=3_600)
-    server_max_header_bytes: int = Field(16_384, ge=1_024, le=1_048_576)
 
     feishu_app_id: str = ""
     feishu_app_secret: SecretStr = SecretStr("")
