@@ -157,3 +157,35 @@ def worker_process(env: dict[str, str], workdir: Path, queue: str, concurrency: 
         yield log_path
     finally:
         stop(proc)
+
+
+_CLAIMER = """
+import sys, time
+from pathlib import Path
+from app.store.journal import ClaimJournal
+journal = ClaimJournal(Path(sys.argv[1]))
+journal.open()
+journal.begin([(sys.argv[2], 0)])
+print("claimed", flush=True)
+time.sleep(600)
+"""
+
+
+@contextmanager
+def claiming_child(path: Path, record_id: str) -> Iterator[subprocess.Popen]:
+    """A real process that journals a claim and then hangs, as a cycle does between claim and publish."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CLAIMER, str(path), record_id], stdout=subprocess.PIPE, cwd=ROOT, text=True
+    )
+    try:
+        assert child.stdout.readline().strip() == "claimed"
+        yield child
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait(10)
+
+
+def process_state(pid: int) -> str:
+    """R, S, Z (a zombie: dead, not yet reaped)… as /proc shows it."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

@@ -6,7 +6,6 @@ import json
 import logging
 import threading
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
@@ -18,8 +17,7 @@ from app.service import TaskService
 from app.store.journal import ClaimJournal
 from tests.conftest import make_settings
 from tests.fakes import Clock, FakePublisher, RecordingNotifier
-from tests.processes import wait_until
-from tests.store.test_journal import claiming_child
+from tests.processes import claiming_child, process_state, wait_until
 
 
 @pytest.fixture
@@ -295,9 +293,7 @@ async def test_claims_of_a_crashed_process_are_put_back_while_it_is_a_zombie(ser
     with claiming_child(service.journal.path, item.record_id) as child:
         assert await service.settle_claims() == 0, "its owner is alive: it may still be publishing"
         child.kill()
-        wait_until(
-            lambda: Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z", 10, "a zombie"
-        )
+        wait_until(lambda: process_state(child.pid) == "Z", 10, "the child to become a zombie", 0.05)
         assert await service.settle_claims() == 1
     record = (await service.store.get([item.record_id]))[item.record_id]
     assert (record.status, record.attempts) == (TaskStatus.PENDING, 0)

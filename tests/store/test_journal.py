@@ -1,8 +1,4 @@
-import contextlib
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -37,44 +33,17 @@ def test_a_begin_that_fails_part_way_leaves_no_claim(journal):
     assert not journal.db.in_transaction
 
 
-CLAIMER = """
-import sys, time
-from pathlib import Path
-from app.store.journal import ClaimJournal
-journal = ClaimJournal(Path(sys.argv[1]))
-journal.open()
-journal.begin([(sys.argv[2], 0)])
-print("claimed", flush=True)
-time.sleep(600)
-"""
-
-
-@contextlib.contextmanager
-def claiming_child(path, record_id):
-    """A real process that journals a claim and then hangs, as a cycle does between claim and publish."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", CLAIMER, str(path), record_id], stdout=subprocess.PIPE, cwd=processes.ROOT, text=True
-    )
-    try:
-        assert child.stdout.readline().strip() == "claimed"
-        yield child
-    finally:
-        if child.poll() is None:
-            child.kill()
-        child.wait(10)
-
-
 def test_a_live_owners_claims_are_left_alone(journal):
-    with claiming_child(journal.path, "recLIVE"):
+    with processes.claiming_child(journal.path, "recLIVE"):
         assert [c.record_id for c in journal.unsettled()] == ["recLIVE"]
         assert journal.settleable() == []
 
 
 def test_a_dead_owners_claims_are_settleable_while_it_is_still_a_zombie(journal):
-    with claiming_child(journal.path, "recZOMBIE") as child:
+    with processes.claiming_child(journal.path, "recZOMBIE") as child:
         child.kill()
         # not reaped: the pid still answers kill(pid, 0), but the kernel has let go of its lock
-        processes.wait_until(lambda: _state(child.pid) == "Z", 10, "the child to become a zombie", 0.05)
+        processes.wait_until(lambda: processes.process_state(child.pid) == "Z", 10, "a zombie", 0.05)
         os.kill(child.pid, 0)
         assert [c.record_id for c in journal.settleable()] == ["recZOMBIE"]
 
@@ -82,7 +51,3 @@ def test_a_dead_owners_claims_are_settleable_while_it_is_still_a_zombie(journal)
 def test_this_process_own_claims_are_settleable_too(journal):
     journal.begin([("recMINE", 0)])
     assert [c.record_id for c in journal.settleable()] == ["recMINE"]
-
-
-def _state(pid: int) -> str:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
