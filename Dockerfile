@@ -21,8 +21,11 @@ RUN groupadd --system --gid 10001 app \
     && chown app:app /data \
     && ln -s /data /srv/data
 
+COPY pyproject.toml ./
 COPY app/ app/
 COPY examples/ examples/
+# the project itself (its dependencies are in already): the `task-manager` command, as `make` installs it
+RUN pip install --no-cache-dir --no-deps . && rm -rf build ./*.egg-info
 
 USER 10001:10001
 VOLUME /data
@@ -32,4 +35,5 @@ EXPOSE 80
 # No curl in a slim image: the standard library asks /healthz (urlopen raises, so exits 1, on refusal or non-2xx).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:80/healthz', timeout=3)"]
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "80"]
+# serve, not bare uvicorn: the SERVER_* limits and timeouts, and the open-file soft limit raised to the hard one
+CMD ["python", "-m", "app", "serve", "--host", "0.0.0.0", "--port", "80"]

@@ -6,14 +6,17 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test test-live lint bench reliability
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-dev.txt
+	# the project itself, editable: puts the `task-manager` command in $(BIN). setuptools warns that a folder
+	# named like the package could shadow it; here that folder is the package.
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m app serve
+	$(BIN)/task-manager serve
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

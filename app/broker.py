@@ -44,7 +44,7 @@ def make_celery(settings: Settings) -> Celery:
     if settings.broker_scheme == "amqp":
         options["confirm_publish"] = True  # each publish waits for the broker's ack; a nack raises
     elif settings.broker_scheme == "filesystem" and not url:
-        url = "filesystem://"
+        url = "filesystem://localhost//"  # a host named: kombu warns on every connection without one
         folder = (settings.data_dir / "broker").resolve()
         for name in ("queue", "processed", "control"):
             (folder / name).mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,10 @@
 import asyncio
-import dataclasses
 import json
 import logging
+import resource
 import shutil
 from collections.abc import Awaitable, Callable
+from enum import StrEnum
 from typing import Annotated, TypeVar
 
 import typer
@@ -13,7 +14,7 @@ from rich.table import Table
 from app.config import ConfigError, StoreKind, load_settings
 from app.errors import ServiceError
 from app.logs import configure_logging
-from app.models import TaskRecord, TaskStatus
+from app.models import TaskOut, TaskRecord, TaskStatus
 from app.service import TaskService
 from app.store import build_store
 
@@ -37,14 +38,46 @@ def _settings():
 
 @cli.command()
 def serve(
-    host: str = typer.Option("127.0.0.1", envvar="HOST"),
-    port: int = typer.Option(8000, envvar="PORT"),
+    host: str | None = typer.Option(None, help="default: HOST from .env or the environment (127.0.0.1)"),
+    port: int | None = typer.Option(None, help="default: PORT from .env or the environment (8000)"),
 ) -> None:
     """Run the HTTP service (the same app as `uvicorn app.main:app`)."""
     import uvicorn
 
-    _settings()
-    uvicorn.run("app.main:app", host=host, port=port)
+    settings = _settings()
+    open_files = _raise_open_file_limit()
+    if open_files < settings.server_limit_concurrency + _SPARE_FILES:
+        logging.getLogger("app").warning(
+            "the open-file limit (%d) leaves too few for SERVER_LIMIT_CONCURRENCY=%d connections: raise it "
+            "(docker run --ulimit nofile=65536) or lower the setting",
+            open_files,
+            settings.server_limit_concurrency,
+        )
+    uvicorn.run(
+        "app.main:app",
+        host=host or settings.host,
+        port=port or settings.port,
+        log_config=None,  # uvicorn's lines go through the one redacting handler set up above, not a second one
+        limit_concurrency=settings.server_limit_concurrency,  # past it: 503 at once, logged by uvicorn
+        backlog=settings.server_backlog,
+        timeout_keep_alive=settings.server_timeout_keep_alive,
+    )
+
+
+_SPARE_FILES = 128  # descriptors besides connections: SQLite files, the broker, Feishu connections, logs
+
+
+def _raise_open_file_limit() -> int:
+    """The soft open-file limit up to the hard one (containers often start at 1,024); answers the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65_536 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
+    return soft
 
 
 @cli.command()
@@ -97,8 +130,10 @@ def stats() -> None:
     for status, count in result.counts.items():
         table.add_row(status, f"{count:,}")
     console.print(table)
-    depth = f"{result.queue_depth:,}" if result.queue_depth is not None else f"[red]{result.queue_error}[/red]"
-    console.print(f"queue {result.queue!r}: {depth} ready messages")
+    if result.queue_error is not None:  # its detail names the queue
+        console.print(f"[red]{result.queue_error.error}[/red]: {result.queue_error.detail}")
+    else:
+        console.print(f"queue {result.queue!r}: {result.queue_depth:,} ready messages")
     if result.last_replenish:
         console.print(f"last replenish: {result.last_replenish.finished_at} ({result.last_replenish.outcome})")
 
@@ -131,6 +166,14 @@ def setup_bitable() -> None:
         raise typer.Exit(1)
 
 
+class FinishedStatus(StrEnum):
+    """The statuses prune takes: offering PENDING or PROCESSING only to refuse them would mislead."""
+
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
 @cli.command()
 def doctor(
     as_json: bool = typer.Option(False, "--json", help="one JSON object instead of lines, for scripts"),
@@ -157,15 +200,17 @@ def doctor(
 
 @cli.command()
 def prune(
-    status: Annotated[TaskStatus, typer.Option("--status", help="SUCCESS, FAILED or CANCELLED")],
+    status: Annotated[FinishedStatus, typer.Option("--status", help="which finished tasks")],
     older_than: Annotated[float, typer.Option("--older-than", help="days since the task was created")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="count what would be deleted; delete nothing")] = False,
 ) -> None:
     """Delete finished tasks to keep the table under its row limit; dedup still knows them."""
-    removed = _with_service(lambda service: service.prune(status, older_than))
-    console.print(
-        f"removed {removed:,} {status.value} tasks created more than {older_than:g} days ago; "
-        "their identifiers stay in the dedup index"
-    )
+    count = _with_service(lambda service: service.prune(TaskStatus(status.value), older_than, dry_run=dry_run))
+    age = f"created more than {older_than:g} days ago"
+    if dry_run:
+        console.print(f"would remove {count:,} {status.value} tasks {age} (dry run: nothing deleted)")
+        return
+    console.print(f"removed {count:,} {status.value} tasks {age}; their identifiers stay in the dedup index")
 
 
 @tasks_cli.command("show")
@@ -176,16 +221,15 @@ def tasks_show(
     """List the first N tasks (optionally of one status), or show one task in full."""
     if target.isdigit():
         page = _with_service(lambda service: service.list_tasks(status, max(1, min(int(target), 500)), None))
-        table = Table(
-            "record id", "status", "priority", "attempts", "created", "payload", title=f"{page.total:,} tasks"
-        )
+        of = f" of {page.total:,}" if page.total is not None else ""
+        title = f"first {len(page.items):,}{of} {status.value + ' ' if status else ''}tasks"
+        table = Table("record id", "status", "priority", "attempts", "created", "payload", title=title)
         for record in page.items:
             table.add_row(*_row(record))
         console.print(table)
         return
     record = _with_service(lambda service: service.get_task(target))
-    for field in dataclasses.fields(record):
-        console.print(f"[bold]{field.name}[/bold]: {getattr(record, field.name)}")
+    typer.echo(TaskOut.of(record).model_dump_json(indent=2))  # the API's shape: plain JSON, for jq too
 
 
 def _row(record: TaskRecord) -> list[str]:
@@ -213,5 +257,4 @@ def demo(
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING)  # until a command's settings configure logging properly
-    cli()
+    cli()  # no logging set-up here: each command's settings install the one redacting handler

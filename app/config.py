@@ -1,6 +1,6 @@
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -28,6 +28,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True)
 
+    host: str = Field("127.0.0.1", min_length=1)  # `task-manager serve`; the image always listens on 0.0.0.0:80
+    port: int = Field(8000, ge=1, le=65_535)
     api_keys: Annotated[list[SecretStr], NoDecode] = []
     log_level: str = Field("INFO", pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR)$")
     log_format: str = Field("json", pattern=r"^(json|text)$")
@@ -36,6 +38,11 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     dedup_keys: Annotated[list[str], NoDecode] = []
     max_tasks_per_request: int = Field(10_000, ge=1, le=100_000)
+    max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+
+    server_limit_concurrency: int = Field(1_000, ge=1)
+    server_backlog: int = Field(2_048, ge=1)
+    server_timeout_keep_alive: int = Field(5, ge=1, le=3_600)
 
     feishu_app_id: str = ""
     feishu_app_secret: SecretStr = SecretStr("")
@@ -153,14 +160,17 @@ def _redis_step(priority: int) -> int:
     return max(step for step in (0, 3, 6, 9) if step <= priority)
 
 
+S = TypeVar("S", bound=Settings)
+
+
 class ConfigError(RuntimeError):
     """A setting is missing or invalid; the message names it."""
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(kind: type[S] = Settings, **overrides: object) -> S:
     """Read the settings once, turning pydantic's report into one line per bad setting."""
     try:
-        settings = Settings(**overrides)
+        settings = kind(**overrides)
     except ValidationError as exc:
         lines = [f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()]
         raise ConfigError("invalid settings: " + "; ".join(lines)) from None

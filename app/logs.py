@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import Any
 
+from app.api.errors import UNEXPECTED, error_response
 from app.config import Settings
 
 request_id: ContextVar[str] = ContextVar("request_id", default="-")
@@ -53,6 +54,28 @@ class Redactor(logging.Filter):
         return True
 
 
+# C0 and C1 controls, DEL, the Unicode line and paragraph separators, and the bidirectional embeddings,
+# overrides and isolates: any of them in a logged value could end a line early or make it read otherwise
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escaped(text: str, keep: str = "") -> str:
+    """Every unsafe character as a visible escape (\\n, \\u2028…), so one event is one line, as it reads."""
+    return _UNSAFE.sub(lambda m: m[0] if m[0] in keep else _NAMED.get(m[0], f"\\u{ord(m[0]):04x}"), text)
+
+
+class OneLine(logging.Filter):
+    """Escapes what a request can put in a line (a path, a header, an error text) before any formatter sees it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = escaped(record.getMessage())
+        record.args = None
+        if record.exc_text:
+            record.exc_text = escaped(record.exc_text, keep="\n")  # a traceback's own lines stay lines
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
@@ -86,6 +109,7 @@ def configure_logging(settings: Settings, stream: Any = None) -> logging.Handler
         else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
     )
     handler.addFilter(Redactor(secrets_of(settings)))
+    handler.addFilter(OneLine())  # after the redactor, which has turned any traceback into exc_text
     handler.set_name(_HANDLER_NAME)
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:  # ours from an earlier start only
@@ -115,20 +139,26 @@ class RequestIdMiddleware:
         given = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
         rid = given if re.fullmatch(r"[A-Za-z0-9._-]{1,64}", given) else uuid.uuid4().hex[:16]
         token = request_id.set(rid)
-        started = time.perf_counter()
-        status = 500
+        began = time.perf_counter()
+        status, started = 500, False
 
         async def send_with_id(message: dict) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 message.setdefault("headers", []).append((b"x-request-id", rid.encode()))
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # here, not in a FastAPI handler: the server's own error middleware answers outside this one, without the id
+            self.log.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            if started:
+                raise  # the answer had begun: nothing left but to close the connection
+            await error_response(*UNEXPECTED)(scope, receive, send_with_id)
         finally:
             self.log.info(
-                "%s %s %d %.1fms", scope["method"], scope["path"], status, (time.perf_counter() - started) * 1000
+                "%s %s %d %.1fms", scope["method"], scope["path"], status, (time.perf_counter() - began) * 1000
             )
             request_id.reset(token)

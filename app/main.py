@@ -4,8 +4,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from app.api.errors import install_error_handlers
+from app.api.guard import RequestGuard
 from app.api.ops import probes
 from app.api.ops import router as ops_router
 from app.api.tasks import router as tasks_router
@@ -50,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         configure_logging(current)
         await startup_checks(current)  # the doctor's read-only checks: a failure stops start-up with its fix
         app.state.api_keys = [key.get_secret_value().encode() for key in current.api_keys]
+        app.state.max_request_bytes = current.max_request_bytes
         async with running_service(current) as service:
             scheduler = ReplenishScheduler(service, current)
             app.state.settings, app.state.service, app.state.scheduler = current, service, scheduler
@@ -71,7 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             finally:
                 scheduler.shutdown()
 
-    app = FastAPI(
+    # /docs and /redoc with their assets served from the installed package: no CDN, so they work offline
+    app = FastAPIOffline(
         title="Task Manager for MQ",
         summary="A task pool in Feishu Bitable (or SQLite) that keeps a Celery queue fed.",
         version="0.1.0",
@@ -81,7 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tasks_router)
     app.include_router(ops_router)
     app.include_router(probes)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestGuard)
+    app.add_middleware(RequestIdMiddleware)  # added last, so outermost: a refusal is logged with its id too
     return app
 
 

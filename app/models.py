@@ -77,6 +77,7 @@ class IngestResponse(BaseModel):
     created: int
     duplicates: int
     items: list[ItemOutcome]
+    note: str | None = Field(None, description="set when ?priority was not applied to tasks already in the pool")
 
 
 class PriorityResponse(BaseModel):
@@ -102,13 +103,21 @@ class ReplenishReport(BaseModel):
     lease_requeued: int = 0
     lease_failed: int = 0
     error: str | None = None
+    error_code: str | None = Field(
+        None, description="what stopped a failed cycle: queue_missing, broker_unavailable, …"
+    )
+
+
+class ErrorOut(BaseModel):
+    error: str
+    detail: Any
 
 
 class StatsOut(BaseModel):
     counts: dict[str, int]
     queue: str
     queue_depth: int | None
-    queue_error: str | None
+    queue_error: ErrorOut | None = Field(description="why the depth is unknown (queue_missing, broker_unavailable)")
     last_replenish: ReplenishReport | None
     next_replenish: datetime | None
     scheduler_owner: bool
@@ -161,8 +170,3 @@ class TaskPageOut(BaseModel):
     items: list[TaskOut]
     next_page_token: str | None
     total: int | None
-
-
-class ErrorOut(BaseModel):
-    error: str
-    detail: Any

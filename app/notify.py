@@ -14,6 +14,8 @@ from typing import Any, Literal, Protocol
 
 import httpx
 
+from app.metrics import BOT_SENDS
+
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 20 * 1024
@@ -46,7 +48,7 @@ def sign(timestamp: str, secret: str) -> str:
 
 
 class LogNotifier:
-    """Stands in for the bot when no webhook is configured."""
+    """Stands in for the bot when no webhook is configured (nothing is sent, so nothing counts as sent)."""
 
     async def send(self, notice: Notice) -> bool:
         log.log(LOG_LEVELS[notice.level], "%s: %s", notice.title, " | ".join(notice.lines))
@@ -83,6 +85,11 @@ class FeishuBot:
         self._lock = asyncio.Lock()
 
     async def send(self, notice: Notice) -> bool:
+        delivered = await self._send(notice)
+        BOT_SENDS.labels("sent" if delivered else "failed").inc()
+        return delivered
+
+    async def _send(self, notice: Notice) -> bool:
         async with self._lock:
             if not await self._wait_for_budget(notice.title):
                 return False

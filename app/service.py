@@ -1,8 +1,10 @@
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
+import tempfile
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 from app.broker import Message, Publisher
@@ -20,7 +22,6 @@ from app.errors import (
 from app.identity import MAX_PAYLOAD_CHARS, canonical_json, task_identifier
 from app.locks import FileLock
 from app.metrics import (
-    BOT_SENDS,
     MESSAGES_PUBLISHED,
     POOL_TASKS,
     QUEUE_DEPTH,
@@ -30,6 +31,7 @@ from app.metrics import (
 )
 from app.models import (
     BulkStatusUpdate,
+    ErrorOut,
     IngestResponse,
     ItemOutcome,
     NewTask,
@@ -46,9 +48,11 @@ from app.models import (
 from app.notify import Notice, Notifier
 from app.store.base import TaskStore
 from app.store.journal import ClaimJournal
+from app.store.records import local_storage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_INLINE_PAYLOADS = 100  # more than this many payloads are canonicalized and hashed on a thread
 
 
 def utc_now() -> datetime:
@@ -92,28 +96,34 @@ class TaskService:
             raise TooManyTasks(f"{len(payloads)} tasks in one request; MAX_TASKS_PER_REQUEST is {limit}")
         return [self.new_task(payload, priority, index=i) for i, payload in enumerate(payloads)]
 
+    async def _new_tasks_off_loop(self, payloads: Sequence[dict[str, Any]], priority: int | None) -> list[NewTask]:
+        """Canonicalizing and hashing a big batch takes a while: a thread keeps the loop answering meanwhile."""
+        if len(payloads) <= _INLINE_PAYLOADS:
+            return self.new_tasks(payloads, priority)  # a thread hop costs more than a small batch
+        return await asyncio.to_thread(self.new_tasks, payloads, priority)
+
     async def ingest_tasks(self, payloads: Sequence[dict[str, Any]], priority: int | None = None) -> IngestResponse:
-        tasks = self.new_tasks(payloads, priority)
+        tasks = await self._new_tasks_off_loop(payloads, priority)
         unique: dict[str, NewTask] = {}
         for task in tasks:
             unique.setdefault(task.identifier, task)  # the first payload of an identifier wins
         try:
             stored = {entry.identifier: entry for entry in await self.store.add(list(unique.values()))}
         except StoreUnavailable as exc:
-            landed = {entry.identifier: entry for entry in exc.extra.get("stored", [])}
-            raise StoreUnavailable(
-                f"{exc.detail}; {len(landed)} of {len(unique)} distinct tasks were stored, "
-                "and sending the same request again is safe",
-                retry_after=exc.retry_after,
-                extra={"items": _items(tasks, landed)},
-            ) from exc
+            raise _not_all_stored(exc, tasks, {entry.identifier: entry for entry in exc.stored}) from exc
         items = _items(tasks, stored)
         created_count = sum(item["outcome"] == "created" for item in items)
         TASKS_INGESTED.labels("created").inc(created_count)
         TASKS_INGESTED.labels("duplicate").inc(len(tasks) - created_count)
         # validated in one pass from plain dicts: a hundred ItemOutcome(...) calls cost more than the rest
         return IngestResponse.model_validate(
-            {"received": len(tasks), "created": created_count, "duplicates": len(tasks) - created_count, "items": items}
+            {
+                "received": len(tasks),
+                "created": created_count,
+                "duplicates": len(tasks) - created_count,
+                "items": items,
+                "note": _priority_note(priority, stored.values()),
+            }
         )
 
     async def update_status(self, update: BulkStatusUpdate) -> UpdateStatusResponse:
@@ -166,41 +176,48 @@ class TaskService:
             record.attempts = attempts
         return record
 
-    async def prune(self, status: TaskStatus, older_than_days: float) -> int:
-        """Delete finished tasks created more than that many days ago, keeping their identifiers for dedup."""
+    async def prune(self, status: TaskStatus, older_than_days: float, *, dry_run: bool = False) -> int:
+        """Delete finished tasks created more than that many days ago, keeping their identifiers for dedup;
+        a dry run only counts them."""
         if status not in (TaskStatus.SUCCESS, TaskStatus.FAILED, TaskStatus.CANCELLED):
             raise InvalidInput(f"only finished tasks (SUCCESS, FAILED, CANCELLED) can be pruned, not {status}")
         if older_than_days < 0:
             raise InvalidInput("--older-than must be zero or more days")
-        return await self.store.prune(status, self.clock() - timedelta(days=older_than_days))
+        return await self.store.prune(status, self.clock() - timedelta(days=older_than_days), dry_run=dry_run)
 
     # ---- the queue side ---------------------------------------------------------------------------
 
     async def push_priority(self, payloads: Sequence[dict[str, Any]], force: bool = False) -> PriorityResponse:
         """Send urgent tasks straight to the queue at high priority, storing the new ones first."""
-        tasks = self.new_tasks(payloads)
+        tasks = await self._new_tasks_off_loop(payloads, None)
         unique: dict[str, NewTask] = {}
         for task in tasks:
             unique.setdefault(task.identifier, task)
         results: dict[str, tuple[str | None, str]] = {}
         async with self._claiming:
-            stored = await self.store.add(list(unique.values()))
-            existing = await self.store.get([s.record_id for s in stored if s.record_id and not s.created])
-            to_send: list[TaskRecord] = []
-            for entry in stored:
-                if entry.created:
-                    task = unique[entry.identifier]
-                    to_send.append(TaskRecord(entry.record_id, task.identifier, TaskStatus.PENDING, task.payload))
-                    continue
-                record = existing.get(entry.record_id or "")
-                if record is None:  # pruned, or deleted from the table by hand: nothing left to send
-                    results[entry.identifier] = (entry.record_id, "already_done")
-                elif record.status is TaskStatus.PENDING or force:
-                    to_send.append(record)
-                else:
-                    outcome = "already_queued" if record.status is TaskStatus.PROCESSING else "already_done"
-                    results[entry.identifier] = (record.record_id, outcome)
-            sent, unsent, _, _ = await self._dispatch(to_send, "high")
+            try:
+                stored = await self.store.add(list(unique.values()))
+            except StoreUnavailable as exc:
+                raise _not_all_stored(exc, tasks, {entry.identifier: entry for entry in exc.stored}) from exc
+            try:
+                existing = await self.store.get([s.record_id for s in stored if s.record_id and not s.created])
+                to_send: list[TaskRecord] = []
+                for entry in stored:
+                    if entry.created:
+                        task = unique[entry.identifier]
+                        to_send.append(TaskRecord(entry.record_id, task.identifier, TaskStatus.PENDING, task.payload))
+                        continue
+                    record = existing.get(entry.record_id or "")
+                    if record is None:  # pruned, or deleted from the table by hand: nothing left to send
+                        results[entry.identifier] = (entry.record_id, "already_done")
+                    elif record.status is TaskStatus.PENDING or force:
+                        to_send.append(record)
+                    else:
+                        outcome = "already_queued" if record.status is TaskStatus.PROCESSING else "already_done"
+                        results[entry.identifier] = (record.record_id, outcome)
+                sent, unsent, _, _ = await self._dispatch(to_send, "high")
+            except StoreUnavailable as exc:  # all stored: the same request again publishes what is still PENDING
+                raise _not_all_stored(exc, tasks, {entry.identifier: entry for entry in stored}) from exc
         for record in sent:
             results[record.identifier or ""] = (record.record_id, "published")
         for record in unsent:
@@ -270,7 +287,7 @@ class TaskService:
     async def settle_claims(self) -> int:
         """Undo claims a crash or an outage left between claim and publish; answer how many were put back."""
         async with self._claiming:
-            claims = [c for c in self.journal.unsettled() if c.owner == os.getpid() or not _alive(c.owner)]
+            claims = self.journal.settleable()
             if not claims:
                 return 0
             unpublished = {c.record_id: c for c in claims if not c.published}
@@ -317,9 +334,12 @@ class TaskService:
         report = ReplenishReport(
             outcome="skipped", dry_run=dry_run, started_at=self.clock(), threshold=settings.replenish_threshold
         )
-        if not self._cycle.acquire():
-            raise Conflict("a replenish cycle is already running")
+        locked = False
         try:
+            with local_storage(f"taking {self._cycle.path}"):  # a DATA_DIR gone read-only fails here first
+                locked = self._cycle.acquire()
+            if not locked:
+                raise Conflict("a replenish cycle is already running")
             if not dry_run:
                 await self.settle_claims()
             async with self._claiming:
@@ -343,28 +363,50 @@ class TaskService:
                     report.outcome = "failed" if error else "published"
                     report.claimed, report.published, report.failed = len(candidates), len(sent), len(unsent)
                     report.error = error.detail if error else None
+                    report.error_code = error.error if error else None
                     report.pending_left = None if left is None else left + len(unsent)  # counted before the put-back
             if depth < settings.replenish_threshold:
                 report.depth_after = await self.publisher.queue_depth()
             if report.pending_left is None:
                 report.pending_left = await self._pending()
+        except Conflict:
+            raise
         except ServiceError as exc:
             report.outcome = "failed"
             report.error = f"{report.error}; {exc.detail}" if report.error else exc.detail
+            report.error_code = report.error_code or exc.error
+        except Exception as exc:  # a bug or an untranslated failure: the cycle still reports, counts and tells the bot
+            log.exception("replenish cycle failed")
+            report.outcome = "failed"
+            failure = f"{type(exc).__name__}: {exc}"
+            report.error = f"{report.error}; {failure}" if report.error else failure
+            report.error_code = report.error_code or "internal_error"
         finally:
-            self._cycle.release()
+            if locked:
+                self._cycle.release()
         report.finished_at = self.clock()
-        log.info("replenish: %s", report.model_dump_json(exclude_none=True))
+        log.log(
+            logging.ERROR if report.outcome == "failed" else logging.INFO,
+            "replenish: %s",
+            report.model_dump_json(exclude_none=True),
+        )
         REPLENISH_RUNS.labels(report.outcome).inc()
         depth = report.depth_after if report.depth_after is not None else report.depth_before
         if depth is not None:
             QUEUE_DEPTH.set(depth)
         if not dry_run:
-            self._last_report_path.write_text(report.model_dump_json())
+            try:
+                self._last_report_path.write_text(report.model_dump_json())
+            except OSError as exc:  # a full or read-only DATA_DIR: stats show an older report, the bot still hears
+                log.error("could not keep the cycle's report in %s: %s", self._last_report_path, exc)
             notice = replenish_notice(report, settings)
             if notice is not None:
-                BOT_SENDS.labels("sent" if await self.notifier.send(notice) else "failed").inc()
+                await self.notifier.send(notice)
         return report
+
+    async def check_data_dir(self) -> None:
+        """DATA_DIR takes a new file's write through to the disk: the claim journal and the index need it."""
+        await asyncio.to_thread(_probe_write, self.settings.data_dir)
 
     async def _pending(self) -> int | None:
         return (await self.store.page(TaskStatus.PENDING, 1, None)).total
@@ -382,7 +424,7 @@ class TaskService:
             depth = await self.publisher.queue_depth()
             QUEUE_DEPTH.set(depth)
         except ServiceError as exc:
-            queue_error = exc.detail
+            queue_error = ErrorOut(error=exc.error, detail=exc.detail)
         counts = {status.value: page.total or 0 for status, page in zip(TaskStatus, totals, strict=True)}
         for status, count in counts.items():
             POOL_TASKS.labels(status).set(count)
@@ -402,21 +444,28 @@ def replenish_notice(report: ReplenishReport, settings: Settings) -> Notice | No
     if report.outcome in ("skipped", "dry_run", "busy"):
         return None
     lines = [
-        f"**Queue** `{settings.celery_queue}`: {report.depth_before} → {report.depth_after} ready messages",
+        f"**Queue** `{settings.celery_queue}`: {_known(report.depth_before)} → {_known(report.depth_after)} "
+        "ready messages",
         f"**Published**: {report.published}   **Failed**: {report.failed}",
-        f"**PENDING left in the pool**: {report.pending_left}",
+        f"**PENDING left in the pool**: {_known(report.pending_left)}",
     ]
     if report.lease_requeued or report.lease_failed:
         lines.append(f"**Lease recovery**: {report.lease_requeued} back to PENDING, {report.lease_failed} FAILED")
     if report.outcome == "failed":
         return Notice("error", "Replenish failed", [f"**Error**: {report.error}", *lines])
-    if report.pending_left == 0:
+    if report.outcome == "nothing_pending":
         return Notice(
             "warning", "Task pool exhausted", ["The pool has no PENDING task left while the queue is low.", *lines]
         )
-    if report.pending_left is not None and report.pending_left < settings.replenish_batch_size:
+    # a pool that filled a whole batch and cannot fill the next one is running dry; a smaller one just emptied
+    full_batch = report.claimed >= settings.replenish_batch_size
+    if full_batch and report.pending_left is not None and report.pending_left < settings.replenish_batch_size:
         return Notice("warning", "Task pool running low", lines)
     return Notice("ok", "Queue replenished", lines)
+
+
+def _known(value: int | None) -> str:
+    return "unknown" if value is None else f"{value:,}"
 
 
 async def _maybe(work: Callable[[], Awaitable[T]] | None) -> T | None:
@@ -432,14 +481,16 @@ async def _all(*steps: Awaitable[Any]) -> list[Any]:
     return results
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _probe_write(directory: Path) -> None:
+    # a new file each time: rewriting an old one could reuse its block on a disk that has no free one left
+    with local_storage(f"writing to DATA_DIR ({directory})"):
+        fd, name = tempfile.mkstemp(prefix=".ready-", dir=directory)
+        try:
+            os.write(fd, b"ready\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(name)
 
 
 def _checked_canonical(payload: dict[str, Any], index: int) -> str:
@@ -453,6 +504,26 @@ def _checked_canonical(payload: dict[str, Any], index: int) -> str:
             f"the limit is {MAX_PAYLOAD_CHARS:,}"
         )
     return canonical
+
+
+def _priority_note(priority: int | None, stored: Iterable[Stored]) -> str | None:
+    """Dedup wins over ?priority: a task already in the pool keeps its own, and the answer says so."""
+    kept = sum(not entry.created for entry in stored)
+    if priority is None or not kept:
+        return None
+    tasks = "duplicate keeps its" if kept == 1 else "duplicates keep their"
+    return f"priority {priority} applies to new tasks only: {kept} {tasks} own priority"
+
+
+def _not_all_stored(exc: StoreUnavailable, tasks: Sequence[NewTask], landed: dict[str, Stored]) -> StoreUnavailable:
+    """The one 503 a request that stores tasks answers: what landed, per payload, as plain JSON."""
+    distinct = len({task.identifier for task in tasks})
+    return StoreUnavailable(
+        f"{exc.detail}; {len(landed)} of {distinct} distinct tasks were stored, "
+        "and sending the same request again is safe",
+        retry_after=exc.retry_after,
+        extra={"items": _items(tasks, landed)},
+    )
 
 
 def _items(tasks: Sequence[NewTask], stored: dict[str, Stored]) -> list[dict[str, Any]]:

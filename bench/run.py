@@ -26,6 +26,7 @@ BENCHES = {
     "e": "bench.bench_reindex",
     "f": "bench.bench_dedup_growth",
     "g": "bench.bench_ingest_latency",
+    "h": "bench.bench_request_limits",
 }
 
 

@@ -1,34 +1,55 @@
 """A Celery worker for CELERY_TASK_NAME: the other half of the loop, for demos and end-to-end tests.
 
-It reads the same settings as the service (`.env` or the environment), so it consumes the same broker:
-the embedded one under DATA_DIR by default. Run it from the repository root:
+It reads its settings exactly as the service does (the service's Settings: `.env` in the directory it
+starts in, the environment winning), so it consumes the same broker (the embedded one under DATA_DIR by
+default) and sends the service's own API key. Run it from the repository root, beside the service's `.env`:
 
     .venv/bin/celery -A examples.worker worker -Q celery --concurrency 2 --loglevel INFO
 
 Each task does sample work (a Fibonacci number and a short sleep), fails now and then, and reports
 SUCCESS or FAILED back through POST /api/tasks/update-status, using its own task id as the record id.
 
-Its own settings: TASK_MANAGER_URL (default http://127.0.0.1:8000), TASK_MANAGER_API_KEY (default:
-the first of API_KEYS), WORKER_FAIL_RATE (default 0.1), WORKER_SLEEP_SECONDS (default 0.05). On RabbitMQ
+Its own settings, read the same way: TASK_MANAGER_URL (default: http://HOST:PORT), TASK_MANAGER_API_KEY
+(default: the first of API_KEYS), WORKER_FAIL_RATE (default 0.1), WORKER_SLEEP_SECONDS (default 0.05). On RabbitMQ
 it declares CELERY_QUEUE with x-max-priority = CELERY_QUEUE_MAX_PRIORITY (default 10).
 """
 
 import hashlib
 import json
 import logging
-import os
 import random
 import time
 
 import httpx
 from kombu import Exchange, Queue
+from pydantic import Field, SecretStr
 from tenacity import retry, stop_after_delay, wait_exponential
 
 from app.broker import make_celery
-from app.config import load_settings
+from app.config import Settings, load_settings
+
+
+class WorkerSettings(Settings):
+    """The service's settings (same .env, same rules) and the worker's own."""
+
+    task_manager_url: str = ""  # empty: the service `task-manager serve` runs with the same HOST and PORT
+    task_manager_api_key: SecretStr = SecretStr("")
+    worker_fail_rate: float = Field(0.1, ge=0, le=1)
+    worker_sleep_seconds: float = Field(0.05, ge=0)
+
+    @property
+    def service_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return (self.task_manager_url or f"http://{host}:{self.port}").rstrip("/")
+
+    @property
+    def api_key(self) -> str:
+        key = self.task_manager_api_key.get_secret_value()
+        return key or (self.api_keys[0].get_secret_value() if self.api_keys else "")
+
 
 log = logging.getLogger("examples.worker")
-settings = load_settings()
+settings = load_settings(WorkerSettings)
 app = make_celery(settings)
 # one message at a time, acknowledged after the work: a killed worker's task is delivered again
 app.conf.update(worker_prefetch_multiplier=1, task_acks_late=True)
@@ -44,11 +65,8 @@ if settings.broker_scheme == "amqp":
         )
     ]
 
-SERVICE_URL = os.environ.get("TASK_MANAGER_URL", "http://127.0.0.1:8000").rstrip("/")
-API_KEY = os.environ.get("TASK_MANAGER_API_KEY") or os.environ.get("API_KEYS", "").split(",")[0].strip()
-FAIL_RATE = float(os.environ.get("WORKER_FAIL_RATE", "0.1"))
-SLEEP_SECONDS = float(os.environ.get("WORKER_SLEEP_SECONDS", "0.05"))
-_client = httpx.Client(timeout=10, headers={"X-API-Key": API_KEY} if API_KEY else {})
+SERVICE_URL = settings.service_url
+_client = httpx.Client(timeout=10, headers={"X-API-Key": settings.api_key} if settings.api_key else {})
 
 
 def fibonacci(n: int) -> int:
@@ -69,8 +87,8 @@ def simulate_task(self, *args, **kwargs) -> str:
     payload = args[0] if args else kwargs
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).digest()
     value = fibonacci(20 + digest[0] % 10)
-    time.sleep(SLEEP_SECONDS)
-    status = "FAILED" if random.random() < FAIL_RATE else "SUCCESS"
+    time.sleep(settings.worker_sleep_seconds)
+    status = "FAILED" if random.random() < settings.worker_fail_rate else "SUCCESS"
     report(self.request.id, status)
     log.info("task %s: fib=%d → %s", self.request.id, value, status)
     return status

@@ -1,6 +1,7 @@
 """Run the service and the example worker as real processes, the way an operator would."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -36,33 +37,71 @@ def _env(env: dict[str, str]) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **env}
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen, timeout: float = 15) -> int:
+    """SIGTERM, which a background job receives (it ignores SIGINT), then SIGKILL; answers the exit code."""
     if proc.poll() is None:
         proc.terminate()
         try:
-            proc.wait(15)
+            proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait(5)
+    return proc.wait()
+
+
+def run_to_end(args: list[str], timeout: float, **kwargs: object) -> subprocess.CompletedProcess:
+    """subprocess.run for a command that starts processes of its own: in its own process group, so one that
+    overruns (or a test interrupted meanwhile) is stopped with everything it started, SIGTERM first."""
+    with subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except BaseException:
+            _stop_group(proc)
+            raise
+    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
+
+
+def _stop_group(proc: subprocess.Popen, timeout: float = 15) -> None:
+    _signal_group(proc, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    _signal_group(proc, signal.SIGKILL)  # whatever outlived its turn
+    proc.wait()
+
+
+def _signal_group(proc: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(proc.pid, signum)
+    except ProcessLookupError:
+        pass
 
 
 @contextmanager
 def service_process(env: dict[str, str], workdir: Path, port: int | None = None) -> Iterator[str]:
-    """`uvicorn app.main:app`, the command the Docker image runs; yields its base URL once /healthz answers."""
+    """`python -m app serve`, the command the Docker image runs; yields its base URL once /healthz answers."""
     with running_service(env, workdir, port) as (url, _):
         yield url
 
 
 @contextmanager
 def running_service(
-    env: dict[str, str], workdir: Path, port: int | None = None, name: str | None = None
+    env: dict[str, str],
+    workdir: Path,
+    port: int | None = None,
+    name: str | None = None,
+    argv: list[str] | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Like service_process, but hands out the process too, for a test that kills it."""
+    """Like service_process, but hands out the process too, for a test that kills it; `argv` (which gets
+    `--port`) starts another command than the image's."""
     port = port or free_port()
     log_path = workdir / f"service-{name or port}.log"
+    command = argv or [sys.executable, "-m", "app", "serve", "--host", "127.0.0.1"]
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
+            [*command, "--port", str(port)],
             env=_env(env),
             cwd=workdir,
             stdout=log,
@@ -82,12 +121,12 @@ def running_service(
         wait_until(healthy, 60, f"the {name or 'service'} to answer /healthz")
         yield url, proc
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 @contextmanager
 def worker_process(env: dict[str, str], workdir: Path, queue: str, concurrency: int = 2) -> Iterator[Path]:
-    """examples/worker.py under `celery worker`; yields its log path."""
+    """examples/worker.py under `celery worker`, started in workdir (where its .env is); yields its log path."""
     log_path = workdir / f"worker-{queue}.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(
@@ -110,11 +149,43 @@ def worker_process(env: dict[str, str], workdir: Path, queue: str, concurrency: 
                 "INFO",
             ],
             env=_env(env),
-            cwd=ROOT,
+            cwd=workdir,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
     try:
         yield log_path
     finally:
-        _stop(proc)
+        stop(proc)
+
+
+_CLAIMER = """
+import sys, time
+from pathlib import Path
+from app.store.journal import ClaimJournal
+journal = ClaimJournal(Path(sys.argv[1]))
+journal.open()
+journal.begin([(sys.argv[2], 0)])
+print("claimed", flush=True)
+time.sleep(600)
+"""
+
+
+@contextmanager
+def claiming_child(path: Path, record_id: str) -> Iterator[subprocess.Popen]:
+    """A real process that journals a claim and then hangs, as a cycle does between claim and publish."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CLAIMER, str(path), record_id], stdout=subprocess.PIPE, cwd=ROOT, text=True
+    )
+    try:
+        assert child.stdout.readline().strip() == "claimed"
+        yield child
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait(10)
+
+
+def process_state(pid: int) -> str:
+    """R, S, Z (a zombie: dead, not yet reaped)… as /proc shows it."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

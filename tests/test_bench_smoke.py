@@ -2,26 +2,20 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
 from bench.run import BENCHES
-from tests.processes import ROOT
+from tests.processes import ROOT, run_to_end
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("key", sorted(BENCHES))
 def test_benchmark_smoke_run(key, rabbit_url):
-    proc = subprocess.run(
-        [sys.executable, "-m", BENCHES[key], "--smoke"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = run_to_end(
+        [sys.executable, "-m", BENCHES[key], "--smoke"], 300, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     result = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])

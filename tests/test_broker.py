@@ -1,5 +1,6 @@
 """CeleryPublisher against the real brokers: RabbitMQ and Redis on 127.0.0.1, and the embedded filesystem one."""
 
+import logging
 import time
 from pathlib import Path
 
@@ -243,6 +244,15 @@ async def test_embedded_broker_queues_files_under_the_data_dir(tmp_path, make_pu
     assert await publisher.queue_depth() == 3
     assert broker_folder(data_dir) == {"queue": 3, "processed": 0, "control": 0}
     await publisher.check()
+
+
+async def test_embedded_broker_warns_about_nothing(tmp_path, make_publisher, caplog):
+    # kombu warned "No hostname was supplied" on every connection: noise in every CLI command and cycle
+    caplog.set_level(logging.INFO)
+    publisher = make_publisher(make_settings(tmp_path / "data", celery_queue="tm-embedded"))
+    await publisher.publish(messages("quiet", 1), publisher.settings.priorities[0])
+    assert await publisher.queue_depth() == 1
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 # ---- settings: priority direction -----------------------------------------------------------------------

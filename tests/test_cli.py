@@ -1,10 +1,17 @@
 import json
 import os
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
+import httpx
+import pytest
+
+from app.models import StatusChange, TaskStatus
 from tests.feishu.fixtures import APP_TOKEN, TABLE_ID
+from tests.processes import free_port, stop, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,9 +126,44 @@ def test_prune_deletes_old_finished_rows_in_batches_and_dedup_still_knows_them(f
     assert "1,208 identifiers" in reindexed.stdout  # the pruned ones stay in the index
 
 
-def test_prune_refuses_unfinished_statuses(tmp_path):
+def test_prune_offers_and_takes_only_finished_statuses(tmp_path):
+    usage = run_cli("prune", "--help", env={"DATA_DIR": str(tmp_path), "COLUMNS": "200"}, cwd=tmp_path)
+    assert usage.returncode == 0
+    offered = " ".join(usage.stdout.split())
+    assert "SUCCESS" in offered and "FAILED" in offered and "CANCELLED" in offered
+    assert "PENDING" not in offered and "PROCESSING" not in offered, offered
+    assert "--dry-run" in offered
     result = run_cli("prune", "--status", "PENDING", "--older-than", "1", env={"DATA_DIR": str(tmp_path)}, cwd=tmp_path)
-    assert result.returncode == 1 and "only finished tasks" in result.stdout
+    assert result.returncode == 2 and "PENDING" in result.stderr  # refused as a usage error, before any work
+
+
+def test_prune_dry_run_counts_and_deletes_nothing(feishu, tmp_path):
+    old = 1_600_000_000_000
+    rows = [{"Identifier": f"{n:064x}", "Status": "FAILED", "CreatedAt": old} for n in range(7)]
+    feishu.insert_rows(APP_TOKEN, TABLE_ID, rows)
+    env = bitable_env(feishu, tmp_path)
+    result = run_cli("prune", "--status", "FAILED", "--older-than", "30", "--dry-run", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "would remove 7 FAILED tasks" in " ".join(result.stdout.split())
+    assert feishu.count("batch_delete") == 0 and len(feishu.rows(APP_TOKEN, TABLE_ID)) == 7
+    assert "0 identifiers" not in run_cli("reindex", env=env, cwd=tmp_path).stdout
+
+
+async def test_prune_dry_run_on_the_embedded_store(tmp_path):
+    from app.store.sqlite import SqliteTaskStore
+    from tests.store.test_contract import new_task
+
+    store = SqliteTaskStore(tmp_path / "data" / "tasks.db")
+    await store.open()
+    stored = await store.add([new_task(n) for n in range(3)])
+    await store.update([StatusChange(s.record_id, TaskStatus.SUCCESS) for s in stored])
+    await store.close()
+    env = {"DATA_DIR": str(tmp_path / "data")}
+    dry = run_cli("prune", "--status", "SUCCESS", "--older-than", "0", "--dry-run", env=env, cwd=tmp_path)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "would remove 3 SUCCESS tasks" in " ".join(dry.stdout.split())
+    real = run_cli("prune", "--status", "SUCCESS", "--older-than", "0", env=env, cwd=tmp_path)
+    assert "removed 3 SUCCESS tasks" in " ".join(real.stdout.split())
 
 
 async def test_tasks_show_lists_n_tasks_or_one_in_full(tmp_path):
@@ -135,9 +177,80 @@ async def test_tasks_show_lists_n_tasks_or_one_in_full(tmp_path):
     env = {"DATA_DIR": str(tmp_path / "data")}
     listing = run_cli("tasks", "show", "3", env=env, cwd=tmp_path)
     assert listing.returncode == 0, listing.stderr
-    assert "5 tasks" in listing.stdout
+    assert "first 3 of 5 tasks" in listing.stdout
     assert sum(s.record_id in listing.stdout for s in stored) == 3
     one = run_cli("tasks", "show", stored[4].record_id, env=env, cwd=tmp_path)
-    assert "payload: {'n': 4}" in one.stdout and "status: PENDING" in one.stdout
+    shown = json.loads(one.stdout)  # JSON, for jq and for people alike
+    assert (shown["record_id"], shown["status"], shown["payload"]) == (stored[4].record_id, "PENDING", {"n": 4})
+    assert set(shown) == {
+        "record_id",
+        "identifier",
+        "status",
+        "payload",
+        "priority",
+        "created_at",
+        "claimed_at",
+        "attempts",
+    }
     missing = run_cli("tasks", "show", "recNOPE", env=env, cwd=tmp_path)
     assert missing.returncode == 1 and "not_found" in missing.stdout
+
+
+@pytest.mark.broker
+def test_stats_names_a_missing_queue_once_and_still_counts_the_pool(tmp_path, rabbit_url, queue_name):
+    env = {"DATA_DIR": str(tmp_path / "data"), "CELERY_BROKER_URL": rabbit_url, "CELERY_QUEUE": queue_name}
+    result = run_cli("stats", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = " ".join(result.stdout.split())
+    assert "PENDING" in out and "queue_missing" in out
+    assert out.count(queue_name) == 1, out
+    assert "ready messages" not in out
+    cycle = run_cli("replenish", env=env, cwd=tmp_path)
+    assert cycle.returncode == 1 and "queue_missing" in cycle.stdout
+
+
+def test_the_project_ships_the_task_manager_console_script():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["scripts"] == {"task-manager": "app.cli:main"}
+    assert project["build-system"]["build-backend"]
+    assert project["tool"]["setuptools"]["packages"]["find"]["include"] == ["app", "app.*"]
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"pip install .*-e \.", makefile), "make must install the project (and its script) into .venv"
+    script = Path(sys.executable).parent / "task-manager"
+    assert script.exists(), f"{script}: run make (it installs the project into .venv)"
+    usage = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert usage.returncode == 0 and "replenish" in usage.stdout and "prune" in usage.stdout
+    assert run_cli("--help", env={}, cwd=ROOT).returncode == 0  # python -m app still works
+
+
+def test_serve_takes_host_and_port_from_dotenv(tmp_path):
+    port = free_port()
+    (tmp_path / ".env").write_text(f"HOST=127.0.0.1\nPORT={port}\nDATA_DIR=data\nSCHEDULER_ENABLED=false\n")
+    script = Path(sys.executable).parent / "task-manager"
+    env = {k: v for k, v in os.environ.items() if k not in ("HOST", "PORT")}
+    with (tmp_path / "serve.log").open("w") as log:
+        proc = subprocess.Popen([str(script), "serve"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+
+        def healthy() -> bool:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(healthy, 60, f"task-manager serve on PORT={port} from .env")
+    finally:
+        stop(proc)
+    assert (tmp_path / "data" / "tasks.db").exists()  # DATA_DIR from the same .env
+
+
+def test_readme_examples_use_the_console_script():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", readme, re.S)
+    inline = re.findall(r"`([^`\n]+)`", readme)
+    stale = [line for line in [*"".join(blocks).splitlines(), *inline] if "python -m app" in line]
+    assert stale == [], stale
+    assert "task-manager" in "".join(blocks)
+    example = (ROOT / ".env.example").read_text()
+    assert re.search(r"^HOST=", example, re.M) and re.search(r"^PORT=", example, re.M)

@@ -8,18 +8,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import run_to_end
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_demo(*args: str, tmp_path: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(
+    return run_to_end(
         [sys.executable, "-m", "app", "demo", *args],
+        timeout,
         cwd=ROOT,
         # TMPDIR: the demo's DATA_DIR lands in pytest's tmp_path, which pytest cleans up
         env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)},
-        timeout=timeout,
-        capture_output=True,
-        text=True,
     )
 
 

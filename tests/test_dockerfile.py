@@ -17,7 +17,8 @@ from tests import processes
 
 ROOT = processes.ROOT
 DOCKERFILE = ROOT / "Dockerfile"
-IMAGE_CMD = ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "80"]
+# `serve`, not bare uvicorn: it sets the connection limits and timeouts (SERVER_*) and raises the open-file limit
+IMAGE_CMD = ["python", "-m", "app", "serve", "--host", "0.0.0.0", "--port", "80"]
 HEALTH_URL = "http://127.0.0.1:80/healthz"
 
 
@@ -76,8 +77,8 @@ def test_cmd_is_the_command_the_tests_start(monkeypatch: pytest.MonkeyPatch, tmp
     image_cmd = json.loads(only("CMD"))
     assert image_cmd == IMAGE_CMD
 
-    module_name, _, attribute = image_cmd[1].partition(":")
-    assert isinstance(getattr(importlib.import_module(module_name), attribute), FastAPI)
+    assert importlib.import_module(image_cmd[2]).__name__ == "app"  # python -m app: the package's CLI
+    assert isinstance(importlib.import_module("app.main").app, FastAPI)  # the ASGI app `serve` runs
 
     class Started(Exception):
         pass
@@ -93,7 +94,7 @@ def test_cmd_is_the_command_the_tests_start(monkeypatch: pytest.MonkeyPatch, tmp
         pass
     # The tests bind loopback, the image every interface: everything else is the same command.
     assert started[0][:2] == [sys.executable, "-m"]
-    assert without_host(started[0][2:]) == without_host(image_cmd), f"tests start {started[0]}, the image {image_cmd}"
+    assert without_host(started[0][2:]) == without_host(image_cmd[2:]), f"tests start {started[0]}, image {image_cmd}"
 
 
 def test_installs_the_runtime_requirements_ci_installs_and_copies_only_the_code() -> None:
@@ -104,10 +105,12 @@ def test_installs_the_runtime_requirements_ci_installs_and_copies_only_the_code(
     copied = [arguments.split() for arguments in arguments_of("COPY")]
     assert all(not part.startswith("--") for parts in copied for part in parts), "COPY --from/--chown is not expected"
     sources = {source for *from_context, _destination in copied for source in from_context}
-    assert sources == {"requirements.txt", "app/", "examples/"}
+    assert sources == {"requirements.txt", "pyproject.toml", "app/", "examples/"}
 
     runs = arguments_of("RUN")
     assert any("pip install --no-cache-dir -r requirements.txt" in run for run in runs), runs
+    # the project too, as `make` installs it: the image has the `task-manager` command
+    assert any("pip install --no-cache-dir --no-deps ." in run for run in runs), runs
 
 
 def test_runs_as_a_fixed_non_root_user_with_data_on_a_volume() -> None:
@@ -130,7 +133,7 @@ def test_dockerignore_keeps_secrets_and_local_state_out_of_the_context() -> None
     for name in (".env", ".git", ".venv", "data", "tests", "bench"):
         assert name in patterns, f".dockerignore must exclude {name}"
         assert f"!{name}" not in patterns
-    for name in ("app", "examples", "requirements.txt"):  # what the image copies stays in the context
+    for name in ("app", "examples", "requirements.txt", "pyproject.toml"):  # what the image copies stays in the context
         assert name not in patterns
 
 

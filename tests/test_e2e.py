@@ -5,7 +5,7 @@ import pytest
 
 from tests.brokers import declare_workers_queue
 from tests.feishu.fixtures import APP_TOKEN, TABLE_ID
-from tests.processes import service_process, wait_until, worker_process
+from tests.processes import free_port, running_service, service_process, wait_until, worker_process
 
 pytestmark = pytest.mark.slow
 
@@ -34,6 +34,33 @@ def test_the_loop_on_the_embedded_default(tmp_path):
     with service_process(env, tmp_path) as url:
         counts = run_loop(url, env, tmp_path, "celery", 40)
     assert counts == {"PENDING": 0, "PROCESSING": 0, "SUCCESS": 40, "FAILED": 0, "CANCELLED": 0}
+
+
+def test_the_example_worker_reads_api_keys_from_dotenv_as_the_service_does(tmp_path):
+    """A newcomer's set-up: API_KEYS only in .env, the service and the worker started beside it."""
+    port, key = free_port(), "dotenv-only-key-5f2c"
+    (tmp_path / ".env").write_text(
+        f"API_KEYS={key}\nDATA_DIR=data\nSCHEDULER_ENABLED=false\n"
+        f"PORT={port}\nWORKER_FAIL_RATE=0\nWORKER_SLEEP_SECONDS=0\n"  # no TASK_MANAGER_URL: the worker finds PORT
+    )
+    with running_service({}, tmp_path, port=port) as (url, _):
+        auth = {"X-API-Key": key}
+        assert httpx.post(f"{url}/api/tasks/ingest", json=[{"n": 1}], timeout=10).status_code == 401
+        payloads = [{"n": n} for n in range(5)]
+        assert httpx.post(f"{url}/api/tasks/ingest", json=payloads, headers=auth, timeout=30).json()["created"] == 5
+        assert httpx.post(f"{url}/api/replenish", headers=auth, timeout=60).json()["published"] == 5
+        with worker_process({}, tmp_path, "celery") as worker_log:
+
+            def all_done() -> bool:
+                counts = httpx.get(f"{url}/api/stats", headers=auth, timeout=10).json()["counts"]
+                return counts["SUCCESS"] == 5
+
+            try:
+                wait_until(all_done, 60, "the worker's five reports to land")
+            except AssertionError:
+                print(worker_log.read_text()[-4000:])
+                raise
+    assert "401" not in worker_log.read_text()
 
 
 @pytest.mark.broker

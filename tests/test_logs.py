@@ -86,3 +86,30 @@ def test_an_exception_traceback_is_redacted_too(captured, tmp_path):
         logging.getLogger("app.test").exception("boom")
     assert "very-secret-key-1" not in captured.getvalue()
     assert "RuntimeError" in captured.getvalue()
+
+
+FORGED = '\n{"level": "CRITICAL", "msg": "forged"}\n'
+# C0, DEL, C1 (NEL), the Unicode line and paragraph separators, and the bidirectional overrides and isolates
+UNSAFE = "\r\x1b\x7f\x85\u2028\u2029\u202a\u202e\u2066\u2069"
+HOSTILE = FORGED + UNSAFE
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_a_hostile_request_path_stays_on_one_escaped_line(tmp_path, captured, monkeypatch, log_format):
+    from urllib.parse import quote
+
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path / "data", log_format=log_format)
+    monkeypatch.setattr("app.main.configure_logging", lambda s: configure_logging(s, captured))
+    with TestClient(create_app(settings)) as client:
+        start = len(captured.getvalue())
+        client.get("/api/tasks/" + quote("x" + HOSTILE, safe=""))
+        output = captured.getvalue()[start:]
+    lines = output.split("\n")[:-1]  # only "\n" ends a line: every other breaker must be escaped
+    assert len(lines) == 1, output
+    assert not any(ch in output for ch in UNSAFE), ascii(output)
+    assert "forged" in output and "\\n" in output and "\\u2028" in output and "\\u202e" in output
+    if log_format == "json":
+        line = json.loads(lines[0])
+        assert line["level"] == "INFO" and line["logger"] == "app.http"

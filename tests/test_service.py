@@ -1,16 +1,23 @@
 """The rules of the queue side, on both stores, with a fake publisher and a hand-moved clock."""
 
 import asyncio
+import errno
+import json
+import logging
+import threading
 from datetime import timedelta
 
 import pytest
+from prometheus_client import REGISTRY
 
-from app.errors import BrokerUnavailable, Conflict, QueueMissing
+from app.errors import BrokerUnavailable, Conflict, QueueMissing, StoreUnavailable
+from app.identity import task_identifier
 from app.models import StatusChange, TaskStatus
 from app.service import TaskService
 from app.store.journal import ClaimJournal
 from tests.conftest import make_settings
 from tests.fakes import Clock, FakePublisher, RecordingNotifier
+from tests.processes import claiming_child, process_state, wait_until
 
 
 @pytest.fixture
@@ -112,17 +119,42 @@ async def test_a_missing_queue_or_broker_publishes_nothing_and_says_so(service, 
 async def test_the_bot_hears_about_each_cycle_with_the_right_colour(make_service, publisher, notifier):
     service = make_service(replenish_batch_size=2)
     await service.ingest_tasks([{"n": n} for n in range(5)])
-    await service.replenish()  # 3 left ≥ batch of 2: fine
-    await service.replenish()  # 1 left: low
-    await service.replenish()  # 0 left: exhausted
-    await service.replenish()  # nothing to publish at all
+    await service.replenish()  # a full batch, 3 left ≥ batch of 2: fine
+    await service.replenish()  # a full batch, 1 left: low
+    await service.replenish()  # the last one: the pool held less than a batch, all of it went out
+    await service.replenish()  # nothing to publish while the queue is low: exhausted
     assert [(n.level, n.title) for n in notifier.notices] == [
         ("ok", "Queue replenished"),
         ("warning", "Task pool running low"),
-        ("warning", "Task pool exhausted"),
+        ("ok", "Queue replenished"),
         ("warning", "Task pool exhausted"),
     ]
     assert any("PENDING left in the pool**: 1" in line for line in notifier.notices[1].lines)
+
+
+async def test_a_small_cycle_is_good_news_not_a_warning(service, notifier, caplog):
+    caplog.set_level(logging.INFO)
+    await service.ingest_tasks([{"n": n} for n in range(3)])  # fewer than one batch (10)
+    report = await service.replenish()
+    assert (report.outcome, report.published, report.pending_left) == ("published", 3, 0)
+    assert [(n.level, n.title) for n in notifier.notices] == [("ok", "Queue replenished")]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+@pytest.mark.parametrize("error", [QueueMissing("queue 'q' does not exist"), BrokerUnavailable("down")])
+async def test_a_failed_cycle_is_logged_as_an_error_and_its_card_shows_no_none(
+    service, publisher, notifier, caplog, error
+):
+    caplog.set_level(logging.INFO)
+    await service.ingest_tasks([{"n": 1}])
+    publisher.error = error
+    report = await service.replenish()
+    assert report.outcome == "failed" and report.depth_before is None
+    [card] = notifier.notices
+    assert "None" not in "\n".join(card.lines), card.lines
+    assert any("unknown" in line and "`celery`" in line for line in card.lines), card.lines
+    [logged] = [r for r in caplog.records if r.getMessage().startswith("replenish:")]
+    assert logged.levelno == logging.ERROR and error.detail in logged.getMessage()
 
 
 async def test_lease_recovery_requeues_expired_claims_fails_spent_ones_and_leaves_live_ones(make_service, clock):
@@ -251,4 +283,84 @@ async def test_stats_count_every_status_and_remember_the_last_cycle(service, pub
     assert stats.queue_depth == 3 and stats.queue_error is None
     assert stats.last_replenish.published == 3
     publisher.error = BrokerUnavailable("broker down")
-    assert (await service.stats()).queue_error == "broker down"
+    error = (await service.stats()).queue_error
+    assert (error.error, error.detail) == ("broker_unavailable", "broker down")
+
+
+async def test_claims_of_a_crashed_process_are_put_back_while_it_is_a_zombie(service):
+    (item,) = (await service.ingest_tasks([{"n": 1}])).items
+    await service.store.update([StatusChange(item.record_id, TaskStatus.PROCESSING, attempts=1)])
+    with claiming_child(service.journal.path, item.record_id) as child:
+        assert await service.settle_claims() == 0, "its owner is alive: it may still be publishing"
+        child.kill()
+        wait_until(lambda: process_state(child.pid) == "Z", 10, "the child to become a zombie", 0.05)
+        assert await service.settle_claims() == 1
+    record = (await service.store.get([item.record_id]))[item.record_id]
+    assert (record.status, record.attempts) == (TaskStatus.PENDING, 0)
+    assert service.journal.unsettled() == []
+
+
+def failed_runs() -> float:
+    return REGISTRY.get_sample_value("taskmanager_replenish_runs_total", {"outcome": "failed"}) or 0
+
+
+@pytest.mark.parametrize("error", [RuntimeError("a bug"), OSError(errno.EIO, "Input/output error")])
+async def test_a_cycle_that_fails_for_any_reason_sends_the_red_card_and_counts(service, publisher, notifier, error):
+    await service.ingest_tasks([{"n": 1}])
+    publisher.error = error
+    before = failed_runs()
+    report = await service.replenish()
+    assert report.outcome == "failed" and report.error
+    assert [(n.level, n.title) for n in notifier.notices] == [("error", "Replenish failed")]
+    assert failed_runs() == before + 1
+
+
+async def test_a_full_claim_journal_is_a_store_unavailable_and_a_failed_cycle(service, publisher, notifier):
+    await service.ingest_tasks([{"n": n} for n in range(300)])  # their claims need more pages than the journal has
+    service.settings.replenish_batch_size = 300
+    journal = service.journal.db
+    journal.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    (pages,) = journal.execute("PRAGMA page_count").fetchone()
+    journal.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own SQLITE_FULL, as on a full disk
+    with pytest.raises(StoreUnavailable) as unavailable:
+        await service.push_priority([{"n": n} for n in range(300)])
+    assert unavailable.value.status_code == 503 and unavailable.value.headers["Retry-After"]
+    assert json.dumps(unavailable.value.extra)  # plain JSON for the 503 body
+    report = await service.replenish()
+    assert report.outcome == "failed" and "full" in report.error
+    assert [n.level for n in notifier.notices] == ["error"] and publisher.sent == []
+    assert set((await statuses(service)).values()) == {TaskStatus.PENDING}
+
+
+async def test_a_cycle_that_cannot_take_its_lock_file_is_a_failed_cycle_with_its_card(service, notifier):
+    await service.ingest_tasks([{"n": 1}])
+    (service.settings.data_dir / "replenish.lock").mkdir(parents=True)  # a real OSError (EISDIR) on opening it
+    before = failed_runs()
+    report = await service.replenish()
+    assert (report.outcome, report.error_code) == ("failed", "store_unavailable") and "replenish.lock" in report.error
+    assert [n.title for n in notifier.notices] == ["Replenish failed"] and failed_runs() == before + 1
+
+
+async def test_a_second_cycle_in_the_same_process_is_refused_and_leaves_the_first_ones_lock(service):
+    assert service._cycle.acquire()  # this process is mid-cycle
+    with pytest.raises(Conflict):
+        await service.replenish()
+    assert service._cycle.held
+    service._cycle.release()
+
+
+async def test_a_big_batch_is_canonicalized_and_hashed_off_the_event_loop(service, monkeypatch):
+    threads = []
+    validate = TaskService.new_tasks
+
+    def watched(self, *args, **kwargs):
+        threads.append(threading.get_ident())
+        return validate(self, *args, **kwargs)
+
+    monkeypatch.setattr(TaskService, "new_tasks", watched)
+    big = await service.ingest_tasks([{"n": n} for n in range(101)])
+    small = await service.push_priority([{"n": 1}])
+    assert threads[0] != threading.get_ident(), "101 payloads: on a worker thread"
+    assert threads[1] == threading.get_ident(), "one payload: inline, a thread hop would cost more"
+    assert big.created == 101 and big.items[1].identifier == task_identifier({"n": 1})
+    assert small.items[0].outcome == "published"

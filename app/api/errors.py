@@ -1,5 +1,3 @@
-import logging
-
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -7,15 +5,23 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import ServiceError
 
-log = logging.getLogger(__name__)
+# an unexpected error is answered by RequestIdMiddleware, which logs it with its request id
+UNEXPECTED = (500, "internal_error", "unexpected error; see the service log")
 
 
-def _error(status: int, error: str, detail: object, headers: dict[str, str] | None = None, **extra) -> JSONResponse:
+def error_response(
+    status: int, error: str, detail: object, headers: dict[str, str] | None = None, **extra
+) -> JSONResponse:
+    """Every error answer's body, `{"error", "detail", …}`: built here only, from plain JSON values."""
     return JSONResponse({"error": error, "detail": detail, **extra}, status_code=status, headers=headers)
 
 
+def service_error_response(exc: ServiceError) -> JSONResponse:
+    return error_response(exc.status_code, exc.error, exc.detail, exc.headers, **exc.extra)
+
+
 async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-    return _error(exc.status_code, exc.error, exc.detail, exc.headers, **exc.extra)
+    return service_error_response(exc)
 
 
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -24,22 +30,18 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
         for err in exc.errors()[:20]
     ]
     if any(problem["type"] == "json_invalid" for problem in problems):
-        return _error(400, "invalid_json", problems)
-    return _error(422, "invalid_input", problems)
+        return error_response(400, "invalid_json", problems)
+    return error_response(422, "invalid_input", problems)
 
 
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    name = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return _error(exc.status_code, name, exc.detail, getattr(exc, "headers", None))
-
-
-async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error")
-    return _error(500, "internal_error", "unexpected error; see the service log")
+    name = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(
+        exc.status_code, "http_error"
+    )
+    return error_response(exc.status_code, name, exc.detail, getattr(exc, "headers", None))
 
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected)

@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from app.api.deps import ServiceDep
 from app.api.security import require_api_key
 from app.api.tasks import ERRORS
-from app.errors import ServiceError
+from app.errors import CycleFailed, ServiceError
 from app.models import ReplenishReport, StatsOut
 
 router = APIRouter(tags=["operations"], dependencies=[Depends(require_api_key)])
@@ -20,8 +20,11 @@ PROBE_TIMEOUT_SECONDS = 5
 async def replenish(
     service: ServiceDep, dry_run: Annotated[bool, Query(description="report what would be claimed")] = False
 ) -> ReplenishReport:
-    """Run the replenish cycle now and answer its report (409 while another cycle runs)."""
-    return await service.replenish(dry_run=dry_run)
+    """Run the replenish cycle now and answer its report (409 while another cycle runs; 503 when it failed)."""
+    report = await service.replenish(dry_run=dry_run)
+    if report.outcome == "failed":
+        raise CycleFailed(report.error_code or "internal_error", report.error or "", report.model_dump(mode="json"))
+    return report
 
 
 @router.get("/api/stats", response_model=StatsOut, responses=ERRORS)
@@ -41,10 +44,15 @@ async def healthz() -> dict[str, str]:
 
 @probes.get("/readyz", responses={503: {"description": "a dependency is down; the body names it"}})
 async def readyz(service: ServiceDep) -> JSONResponse:
-    """The store (Feishu token and table, or SQLite) and the broker answer within a few seconds."""
-    names = ("store", "broker")
+    """The store (Feishu token and table, or SQLite) and the broker answer within seconds; DATA_DIR is writable."""
+    probes_by_name = {
+        "store": service.store.check,
+        "broker": service.publisher.check,
+        "data_dir": service.check_data_dir,
+    }
+    names = tuple(probes_by_name)
     results = await asyncio.gather(
-        *(asyncio.wait_for(check(), PROBE_TIMEOUT_SECONDS) for check in (service.store.check, service.publisher.check)),
+        *(asyncio.wait_for(check(), PROBE_TIMEOUT_SECONDS) for check in probes_by_name.values()),
         return_exceptions=True,
     )
     checks = {name: _probe_result(result) for name, result in zip(names, results, strict=True)}
@@ -52,6 +60,11 @@ async def readyz(service: ServiceDep) -> JSONResponse:
     if down:
         return JSONResponse({"error": "not_ready", "detail": "; ".join(down), "checks": checks}, status_code=503)
     return JSONResponse({"status": "ready", "checks": checks})
+
+
+# load balancers probe with HEAD as often as with GET; kept out of the schema, which lists each probe once
+for path, probe in (("/healthz", healthz), ("/readyz", readyz)):
+    probes.add_api_route(path, probe, methods=["HEAD"], include_in_schema=False)
 
 
 @probes.get("/metrics", response_class=Response)

@@ -3,6 +3,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import Headers
 
 from app.errors import ServiceError
 
@@ -23,11 +24,20 @@ async def require_api_key(
     api_key: Annotated[str | None, Depends(_api_key)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    """When API_KEYS is set, every /api route needs one of them; compared in constant time, against every key."""
-    keys: list[bytes] = request.app.state.api_keys
+    """When API_KEYS is set, every /api route needs one of them (RequestGuard checks it first, before the body)."""
+    check_api_key(api_key or (bearer.credentials if bearer else None), request.app.state.api_keys)
+
+
+def supplied_key(headers: Headers) -> str | None:
+    """The key a request carries, read as the two dependencies above read it."""
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    return headers.get("x-api-key") or (credentials.strip() if scheme.lower() == "bearer" else None) or None
+
+
+def check_api_key(supplied: str | None, keys: list[bytes]) -> None:
+    """Compared in constant time, against every key; no keys configured: the API is open."""
     if not keys:
         return
-    supplied = api_key or (bearer.credentials if bearer else None)
     if not supplied:
         raise Unauthorized("send an API key in X-API-Key or Authorization: Bearer")
     given = supplied.encode()

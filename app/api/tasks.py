@@ -1,6 +1,7 @@
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from app.api.deps import ServiceDep
 from app.api.security import require_api_key
@@ -16,6 +17,16 @@ from app.models import (
 )
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"], dependencies=[Depends(require_api_key)])
+ACTIONS = ("ingest", "priority-queue", "update-status")
+
+
+class RecordIdConvertor(StringConvertor):
+    """A path segment that is not one of the action routes: `GET /api/tasks/ingest` is a 405, not a missing task."""
+
+    regex = rf"(?!(?:{'|'.join(ACTIONS)})(?:/|$))[^/]+"
+
+
+register_url_convertor("record_id", RecordIdConvertor())
 
 RecordId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The task's record id")]
 Payloads = Annotated[list[dict[str, Any]], Body(description="Task payloads: a JSON list of objects")]
@@ -62,18 +73,18 @@ async def list_tasks(
     return TaskPageOut(items=items, next_page_token=page.next_page_token, total=page.total)
 
 
-@router.get("/{record_id}", response_model=TaskOut, responses=ERRORS)
+@router.get("/{record_id:record_id}", response_model=TaskOut, responses=ERRORS)
 async def get_task(service: ServiceDep, record_id: RecordId) -> TaskOut:
     return TaskOut.of(await service.get_task(record_id))
 
 
-@router.post("/{record_id}/retry", response_model=TaskOut, responses=ERRORS)
+@router.post("/{record_id:record_id}/retry", response_model=TaskOut, responses=ERRORS)
 async def retry_task(service: ServiceDep, record_id: RecordId) -> TaskOut:
     """FAILED or CANCELLED → PENDING, with the attempt count reset."""
     return TaskOut.of(await service.retry_task(record_id))
 
 
-@router.delete("/{record_id}", response_model=TaskOut, responses=ERRORS)
+@router.delete("/{record_id:record_id}", response_model=TaskOut, responses=ERRORS)
 async def cancel_task(service: ServiceDep, record_id: RecordId) -> TaskOut:
     """PENDING → CANCELLED: the task stays in the pool, withdrawn."""
     return TaskOut.of(await service.cancel_task(record_id))

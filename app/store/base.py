@@ -19,7 +19,7 @@ class TaskStore(Protocol):
     async def add(self, tasks: Sequence[NewTask]) -> list[Stored]:
         """Store the tasks whose identifiers were never seen; one `Stored` per task, in order.
 
-        Dedup is atomic across concurrent calls. On `StoreUnavailable`, `extra["stored"]` lists the
+        Dedup is atomic across concurrent calls. On `StoreUnavailable`, its `stored` lists the
         `Stored` entries that are certain, so the caller can tell the client what landed.
         """
 
@@ -45,8 +45,9 @@ class TaskStore(Protocol):
     def supports_leases(self) -> bool:
         """Whether claims record ClaimedAt and Attempts (Bitable: the optional columns exist)."""
 
-    async def prune(self, status: TaskStatus, created_before: datetime) -> int:
-        """Delete finished tasks created before then; their identifiers stay duplicates. Answer how many went."""
+    async def prune(self, status: TaskStatus, created_before: datetime, *, dry_run: bool = False) -> int:
+        """Delete finished tasks created before then; their identifiers stay duplicates. Answer how many went
+        (with dry_run, how many would go, deleting nothing)."""
 
     async def reindex(self) -> int:
         """Rebuild the identifier index from the pool; answer how many identifiers it holds."""

@@ -38,6 +38,7 @@ MAX_CREATE = 1_000  # records per batch_create / batch_update
 MAX_GET = 100  # record ids per batch_get
 MAX_DELETE = 500  # record ids per batch_delete
 MAX_PAGE = 500  # search page_size
+_PAGE_TOKEN = re.compile(r"[\x21-\x7e]{1,512}")  # Feishu's page tokens are opaque, but printable ASCII
 MAX_CONDITIONS = 50
 MAX_FILTER_CHARS = 2_000
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -237,9 +238,7 @@ class BitableTaskStore:
             outcome = future.result()
             results[identifier] = Stored(identifier, outcome.record_id, outcome.created and identifier in mine)
         if isinstance(failure, StoreUnavailable):  # a fresh error: the writer's one is shared by every waiter
-            raise StoreUnavailable(
-                failure.detail, retry_after=failure.retry_after, extra={"stored": [*results.values()]}
-            )
+            raise StoreUnavailable(failure.detail, retry_after=failure.retry_after, stored=[*results.values()])
         if failure is not None:
             raise failure
         return [results[task.identifier] for task in tasks]
@@ -553,6 +552,8 @@ class BitableTaskStore:
         return records[:limit]
 
     async def page(self, status: TaskStatus | None, limit: int, page_token: str | None) -> TaskPage:
+        if page_token and not _PAGE_TOKEN.fullmatch(page_token):  # refused here, not by a call that costs quota
+            raise InvalidInput("page_token is not one this service gave out")
         try:
             page = await self.table.search(
                 **_count_search(status), page_size=min(limit, MAX_PAGE), page_token=page_token
@@ -564,7 +565,7 @@ class BitableTaskStore:
         items = [self._decode(record_id, fields) for record_id, fields in page.records]
         return TaskPage(items=items, next_page_token=page.page_token, total=page.total)
 
-    async def prune(self, status: TaskStatus, created_before: datetime) -> int:
+    async def prune(self, status: TaskStatus, created_before: datetime, *, dry_run: bool = False) -> int:
         search = _prune_search(status, created_before)  # whole days: the exact time is compared here
         doomed: list[tuple[str, str | None]] = []
         token = None
@@ -576,6 +577,8 @@ class BitableTaskStore:
                     doomed.append((record_id, _plain(fields.get(IDENTIFIER)) or None))
             if not (token := page.page_token):
                 break
+        if dry_run:
+            return len(doomed)
         # pruned in the index first: a crash between the two must not let a deleted task come back
         await asyncio.to_thread(
             self.index.mark_pruned, [identifier for _, identifier in doomed if _is_identifier(identifier)]

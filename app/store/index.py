@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 
-from app.store.records import SqliteFile, chunked
+from app.store.records import SqliteFile, chunked, local_storage
 
 # `writing` stays small and apart: a durable reservation then dirties a few pages, not one per key scattered
 # over a million-row tree (the sha256 keys are random)
@@ -81,6 +81,7 @@ class IdentifierIndex(SqliteFile):
     def mark_complete(self, complete: bool) -> None:
         self._write([("INSERT OR REPLACE INTO meta VALUES ('complete', ?)", [("1" if complete else "0",)])])
 
+    @local_storage("the identifier index")  # a full disk or an I/O error is a 503, like the store's own
     def lookup(self, identifiers: Sequence[str]) -> dict[str, Entry]:
         """What the last committed marks say; a write still in flight is the caller's to know."""
         reader = self._reader
@@ -145,6 +146,7 @@ class IdentifierIndex(SqliteFile):
             " + (SELECT count(*) FROM writing WHERE identifier NOT IN (SELECT identifier FROM identifiers))"
         ).fetchone()[0]
 
+    @local_storage("the identifier index")
     def _write(self, statements: list[tuple[str, list[tuple]]], durable: bool = False) -> None:
         """Commit; fsync only when asked: a lost STORED mark reads as WRITING again and is reconciled."""
         if not any(rows for _, rows in statements):

@@ -7,6 +7,10 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from app.errors import StoreUnavailable
+
+LOCAL_RETRY_AFTER = 5  # seconds: a locked file frees up quickly; a full disk needs an operator either way
+
 
 def to_ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
@@ -25,6 +29,17 @@ def now_ms() -> int:
 def chunked(items: list, size: int):
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+@contextmanager
+def local_storage(what: str) -> Iterator[None]:
+    """A local file failing (disk full, I/O error, read-only, locked, corrupt) is a 503 the client may retry."""
+    try:
+        yield
+    except sqlite3.ProgrammingError:  # a bug (a closed connection, a bad statement), not the disk
+        raise
+    except (sqlite3.DatabaseError, OSError) as exc:
+        raise StoreUnavailable(f"{what} failed: {exc}", retry_after=LOCAL_RETRY_AFTER) from exc
 
 
 class SqliteFile:
@@ -64,7 +79,8 @@ class SqliteFile:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
+                db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite has already rolled back after some errors (a full disk among them)
+                    db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")

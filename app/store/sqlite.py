@@ -1,5 +1,6 @@
 import asyncio
 import json
+import re
 import secrets
 import sqlite3
 import time
@@ -9,9 +10,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
-from app.errors import InvalidInput, StoreUnavailable
+from app.errors import InvalidInput
 from app.models import NewTask, StatusChange, Stored, TaskPage, TaskRecord, TaskStatus
-from app.store.records import SqliteFile, chunked, from_ms, now_ms, to_ms
+from app.store.records import SqliteFile, chunked, from_ms, local_storage, now_ms, to_ms
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -76,10 +77,8 @@ class SqliteTaskStore:
     async def _run(self, work: Callable[..., T], *args) -> T:
         if self._thread is None:
             raise RuntimeError(f"{self._file.path.name} is not open")
-        try:
+        with local_storage("the SQLite store"):  # locked, disk full, I/O, read-only, id clash
             return await asyncio.get_running_loop().run_in_executor(self._thread, work, *args)
-        except (sqlite3.OperationalError, sqlite3.IntegrityError) as exc:  # locked, disk full, I/O, id clash
-            raise StoreUnavailable(f"the SQLite store failed: {exc}", retry_after=5, extra={"stored": []}) from exc
 
     def _transaction(self):
         return self._file.transaction(durable=True)  # an answered ingest survives a power cut
@@ -249,11 +248,13 @@ class SqliteTaskStore:
     def supports_leases(self) -> bool:
         return True
 
-    async def prune(self, status: TaskStatus, created_before: datetime) -> int:
-        return await self._run(self._prune, status, to_ms(created_before))
+    async def prune(self, status: TaskStatus, created_before: datetime, *, dry_run: bool = False) -> int:
+        return await self._run(self._prune, status, to_ms(created_before), dry_run)
 
-    def _prune(self, status: TaskStatus, created_before_ms: int) -> int:
+    def _prune(self, status: TaskStatus, created_before_ms: int, dry_run: bool) -> int:
         where, args = "status = ? AND created_at < ?", (status.value, created_before_ms)
+        if dry_run:
+            return self.db.execute(f"SELECT count(*) FROM tasks WHERE {where}", args).fetchone()[0]
         with self._transaction():
             self.db.execute(f"INSERT OR IGNORE INTO pruned SELECT identifier FROM tasks WHERE {where}", args)
             return self.db.execute(f"DELETE FROM tasks WHERE {where}", args).rowcount
@@ -283,7 +284,7 @@ def _digits(value: int, pairs: int) -> str:
 def _decode_token(page_token: str | None) -> int:
     if not page_token:
         return 0
-    if not page_token.isdigit() or len(page_token) > 18:
+    if not re.fullmatch(r"[0-9]{1,18}", page_token):  # str.isdigit() also takes "²", which int() refuses
         raise InvalidInput("page_token is not one this service gave out")
     return int(page_token)
 

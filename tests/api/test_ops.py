@@ -1,6 +1,11 @@
 """Queue-side routes on the embedded default: a real filesystem broker under a temporary DATA_DIR."""
 
+import pytest
+from fastapi.testclient import TestClient
+
 from app.locks import FileLock
+from app.main import create_app
+from tests.conftest import make_settings
 
 
 def ingest(client, payloads, **params):
@@ -57,3 +62,26 @@ def test_stats_names_the_next_replenish_of_the_scheduler_owner(client):
     stats = client.get("/api/stats").json()
     assert stats["scheduler_owner"] is True
     assert stats["next_replenish"] is not None
+
+
+@pytest.mark.broker
+def test_a_missing_queue_is_named_in_stats_and_makes_the_cycle_a_503(tmp_path, rabbit_url, queue_name):
+    settings = make_settings(tmp_path / "data", celery_broker_url=rabbit_url, celery_queue=queue_name)
+    with TestClient(create_app(settings)) as client:
+        ingest(client, [{"n": 1}, {"n": 2}])
+        stats = client.get("/api/stats")
+        assert stats.status_code == 200  # the pool's counts are still worth reading
+        body = stats.json()
+        assert body["counts"]["PENDING"] == 2 and body["queue_depth"] is None
+        assert body["queue_error"]["error"] == "queue_missing"
+        assert queue_name in body["queue_error"]["detail"]
+
+        cycle = client.post("/api/replenish")
+        assert cycle.status_code == 503, cycle.text
+        failed = cycle.json()
+        assert failed["error"] == "queue_missing" and queue_name in failed["detail"]
+        assert failed["report"]["outcome"] == "failed" and failed["report"]["published"] == 0
+        assert client.get("/api/stats").json()["counts"]["PENDING"] == 2  # nothing claimed, nothing lost
+
+        dry = client.post("/api/replenish", params={"dry_run": "true"})
+        assert dry.status_code == 503 and dry.json()["error"] == "queue_missing"

@@ -17,7 +17,7 @@ def samples(client) -> dict[tuple[str, tuple], float]:
 
 def test_readyz_is_ready_on_the_embedded_default(client):
     body = client.get("/readyz").json()
-    assert body == {"status": "ready", "checks": {"store": "ok", "broker": "ok"}}
+    assert body == {"status": "ready", "checks": {"store": "ok", "broker": "ok", "data_dir": "ok"}}
 
 
 def test_readyz_names_the_broker_when_it_is_down(tmp_path):
@@ -34,7 +34,7 @@ def test_readyz_names_the_broker_when_it_is_down(tmp_path):
 
 def test_readyz_names_feishu_when_it_is_down(feishu, tmp_path):
     with TestClient(create_app(bitable_settings(feishu, tmp_path / "data", feishu_retry_attempts=1))) as client:
-        assert client.get("/readyz").json()["checks"] == {"store": "ok", "broker": "ok"}
+        assert client.get("/readyz").json()["checks"] == {"store": "ok", "broker": "ok", "data_dir": "ok"}
         feishu.stop()
         response = client.get("/readyz")
     assert response.status_code == 503
@@ -62,7 +62,7 @@ def test_metrics_count_what_the_service_does(feishu, tmp_path):
     assert delta("taskmanager_messages_published_total", priority="default", result="sent") == 2
     assert delta("taskmanager_status_updates_total", status="SUCCESS") == 1
     assert delta("taskmanager_replenish_runs_total", outcome="published") == 1
-    assert delta("taskmanager_bot_sends_total", outcome="sent") == 1
+    assert delta("taskmanager_bot_sends_total", outcome="sent") == 0  # no bot: the notice went to the log
     assert delta("taskmanager_feishu_calls_total", endpoint="batch_create", code="0") == 2
     assert delta("taskmanager_feishu_call_seconds_count", endpoint="search") >= 3
     assert after[("taskmanager_pool_tasks", (("status", "PROCESSING"),))] == 2
@@ -79,3 +79,28 @@ def test_retries_are_counted(feishu, tmp_path):
     assert after[key] - before.get(key, 0) == 2
     key = ("taskmanager_feishu_calls_total", (("code", "1254291"), ("endpoint", "batch_create")))
     assert after[key] - before.get(key, 0) == 2
+
+
+def test_bot_sends_count_cards_the_bot_took_and_only_those(feishu, tmp_path):
+    feishu.add_bot("hook-metrics")
+    webhook = f"{feishu.url}/open-apis/bot/v2/hook/hook-metrics"
+    with TestClient(create_app(make_settings(tmp_path / "bot", feishu_robot_webhook_url=webhook))) as client:
+        before = samples(client)
+        client.post("/api/tasks/ingest", json=[{"n": 1}])
+        client.post("/api/replenish")
+        after = samples(client)
+    with TestClient(create_app(make_settings(tmp_path / "log"))) as client:
+        client.post("/api/tasks/ingest", json=[{"n": 1}])
+        client.post("/api/replenish")
+        logged = samples(client)
+    key = ("taskmanager_bot_sends_total", (("outcome", "sent"),))
+    assert len(feishu.bot_messages("hook-metrics")) == 1
+    assert after[key] - before.get(key, 0) == 1
+    assert logged[key] == after[key]  # the cycle without a bot sent nothing
+
+
+def test_probes_answer_head_as_load_balancers_send_it(client):
+    for path in ("/healthz", "/readyz"):
+        response = client.head(path)
+        assert response.status_code == 200, (path, response.status_code)
+        assert response.content == b""

@@ -149,3 +149,23 @@ def test_unknown_routes_keep_the_error_shape(client):
 
 def test_healthz(client):
     assert client.get("/healthz").json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/api/tasks/ingest"), ("DELETE", "/api/tasks/priority-queue"), ("GET", "/api/tasks/update-status")],
+)
+def test_an_action_route_with_the_wrong_method_is_405_not_a_missing_task(client, method, path):
+    body = assert_error(client.request(method, path), 405, "method_not_allowed")
+    assert "record id" not in json.dumps(body)
+    assert client.request(method, path).headers["allow"] == "POST"
+
+
+def test_a_duplicate_sent_with_a_priority_keeps_its_own_and_the_answer_says_so(client):
+    first = ingest(client, [{"a": 1}], priority=1).json()
+    assert first["note"] is None
+    body = ingest(client, [{"a": 1}, {"b": 2}], priority=5).json()
+    assert [item["outcome"] for item in body["items"]] == ["duplicate", "created"]
+    assert "priority" in body["note"] and "1 duplicate" in body["note"]
+    assert client.get(f"/api/tasks/{first['items'][0]['record_id']}").json()["priority"] == 1
+    assert ingest(client, [{"a": 1}]).json()["note"] is None  # no priority asked for: nothing to say

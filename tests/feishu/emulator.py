@@ -192,6 +192,7 @@ import json
 import math
 import random
 import re
+import signal
 import socket
 import string
 import sys
@@ -1632,6 +1633,8 @@ def main(argv: list[str] | None = None) -> None:
     emu.read_conflicts = args.read_conflicts
     emu.monthly_quota = args.monthly_quota
     emu.max_response_bytes = args.max_response_bytes
+    # a background job starts with SIGINT ignored: SIGTERM is the stop signal it always receives
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     emu.start()
     emu.add_table(args.app_token, args.table_id)
     print(f"FEISHU_DOMAIN={emu.url}", flush=True)
@@ -1639,7 +1642,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"FEISHU_APP_SECRET={emu.app_secret}", flush=True)
     print(f"FEISHU_APP_TOKEN={args.app_token}", flush=True)
     print(f"FEISHU_TABLE_ID={args.table_id}", flush=True)
-    print("serving; Ctrl-C to stop", flush=True)
+    print("serving; Ctrl-C or SIGTERM to stop", flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

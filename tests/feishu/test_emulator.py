@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -44,6 +43,7 @@ from lark_oapi.core.exception import ObtainAccessTokenException
 
 from tests.feishu.emulator import BOT_SUCCESS, FeishuEmulator, bot_sign
 from tests.feishu.fixtures import APP_TOKEN, TABLE_ID, clear_token_cache, lark_client
+from tests.processes import stop
 
 UTC8 = timezone(timedelta(hours=8))
 ROOT = Path(__file__).resolve().parents[2]
@@ -1337,6 +1337,8 @@ def test_command_line_serves_until_interrupted():
         resp = client.bitable.v1.app_table_record.batch_create(create_req([{"Identifier": "cli"}]))
         assert resp.code == 0
     finally:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=10) == 0
+        # SIGTERM, not SIGINT: a background job (`pytest &`) ignores SIGINT, and so would the emulator
+        code = stop(proc, timeout=10)
+        proc.stdout.close()
         clear_token_cache()
+    assert code == 0, "the emulator should stop cleanly on SIGTERM"

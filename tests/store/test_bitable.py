@@ -331,7 +331,7 @@ async def test_feishu_down_then_back_stores_each_task_exactly_once(feishu, tmp_p
     with pytest.raises(StoreUnavailable) as raised:
         await store.add([new_task(0), new_task(1), new_task(2)])
     assert raised.value.status_code == 503 and raised.value.retry_after >= 1
-    assert [(s.identifier, s.created) for s in raised.value.extra["stored"]] == [(new_task(0).identifier, False)]
+    assert [(s.identifier, s.created) for s in raised.value.stored] == [(new_task(0).identifier, False)]
     assert {e.state for e in store.index.lookup([new_task(1).identifier]).values()} == {State.WRITING}
     feishu.clear_faults()
     feishu.reset_calls()

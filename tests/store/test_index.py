@@ -137,3 +137,16 @@ def test_a_lookup_during_a_stored_mark_sees_every_identifier_as_writing_or_store
             lookups += 1
         marking.join()
     assert lookups > 30  # the lookups did overlap the marks
+
+
+def test_a_full_disk_is_a_store_unavailable_and_leaves_the_index_usable(index):
+    from app.errors import StoreUnavailable
+
+    (pages,) = index.db.execute("PRAGMA page_count").fetchone()
+    index.db.execute(f"PRAGMA max_page_count = {pages}")  # SQLite's own SQLITE_FULL, as on a full disk
+    many = [f"{n:064x}" for n in range(1, 2_000)]
+    with pytest.raises(StoreUnavailable, match="identifier index failed: database or disk is full"):
+        index.mark_writing(many)
+    assert not index.db.in_transaction
+    index.mark_writing([A])
+    assert index.lookup([A, many[0]]) == {A: Entry(None, State.WRITING)}

@@ -50,7 +50,7 @@ async def test_a_locked_file_fails_every_waiting_add_as_unavailable_and_keeps_th
         for add in adds:
             with pytest.raises(StoreUnavailable) as failure:
                 await add
-            assert failure.value.extra["stored"] == []
+            assert failure.value.stored == []
     finally:
         holder.execute("ROLLBACK")
         holder.close()
