@@ -141,7 +141,8 @@ def stats() -> None:
 @cli.command("setup-bitable")
 def setup_bitable() -> None:
     """Create every missing column of the Bitable table (existing ones are left alone)."""
-    from app.store.bitable import BitableTaskStore, setup_columns
+    from app.store.bitable import BitableTaskStore
+    from app.store.columns import setup_columns
 
     settings = _settings()
     if settings.store_kind is not StoreKind.BITABLE:

@@ -1,3 +1,5 @@
+"""The task stores: the port, its two adapters, and the one chosen by the settings."""
+
 from app.config import Settings, StoreKind
 from app.store.base import TaskStore
 

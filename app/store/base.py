@@ -1,3 +1,5 @@
+"""The task pool's port: what every store (Bitable, SQLite) offers the service."""
+
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol

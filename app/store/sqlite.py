@@ -1,3 +1,5 @@
+"""The task pool in one SQLite file under DATA_DIR: the embedded default, no account, no server."""
+
 import asyncio
 import json
 import re
@@ -12,7 +14,9 @@ from typing import TypeVar
 
 from app.errors import InvalidInput
 from app.models import NewTask, StatusChange, Stored, TaskPage, TaskRecord, TaskStatus
-from app.store.records import SqliteFile, chunked, from_ms, local_storage, now_ms, to_ms
+from app.store.chunks import chunked
+from app.store.sqlite_file import SqliteFile, local_storage
+from app.store.timestamps import from_ms, now_ms, to_ms
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
