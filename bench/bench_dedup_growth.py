@@ -51,7 +51,7 @@ from app.store.bitable import BitableTaskStore
 from app.store.index import IdentifierIndex
 from bench.bench_reindex import EmulatorProcess, console, emulator_process, progress
 from bench.common import Result, Stopwatch, bitable_settings, peak_rss_mb, smoke_flag
-from tests.feishu.fixtures import TABLE_ID
+from tests.support.feishu import TABLE_ID
 
 BATCH = 1_000
 FILL_CHUNK = 100_000

@@ -24,7 +24,7 @@ from app.service import TaskService
 from app.store.bitable import BitableTaskStore
 from app.store.journal import ClaimJournal
 from bench.common import RABBIT_URL, Result, bitable_settings, emulator, smoke_flag
-from tests.brokers import declare_workers_queue
+from tests.support.brokers import declare_workers_queue
 
 console = Console(stderr=True)
 

@@ -10,21 +10,9 @@ import httpx
 import pytest
 
 from app.models import StatusChange, TaskStatus
-from tests.feishu.fixtures import APP_TOKEN, TABLE_ID
-from tests.processes import free_port, stop, wait_until
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "app", *args],
-        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+from tests.support.cli import run_cli
+from tests.support.feishu import APP_TOKEN, TABLE_ID
+from tests.support.processes import ROOT, free_port, stop, wait_until
 
 
 def test_reindex_rebuilds_the_index_from_the_table(feishu, tmp_path):
@@ -53,7 +41,7 @@ def test_a_bad_setting_stops_the_cli_naming_it(tmp_path):
 
 async def test_replenish_and_stats_run_the_same_cycle_from_the_command_line(tmp_path):
     from app.store.sqlite import SqliteTaskStore
-    from tests.store.test_contract import new_task
+    from tests.support.tasks import new_task
 
     store = SqliteTaskStore(tmp_path / "data" / "tasks.db")
     await store.open()
@@ -151,7 +139,7 @@ def test_prune_dry_run_counts_and_deletes_nothing(feishu, tmp_path):
 
 async def test_prune_dry_run_on_the_embedded_store(tmp_path):
     from app.store.sqlite import SqliteTaskStore
-    from tests.store.test_contract import new_task
+    from tests.support.tasks import new_task
 
     store = SqliteTaskStore(tmp_path / "data" / "tasks.db")
     await store.open()
@@ -168,7 +156,7 @@ async def test_prune_dry_run_on_the_embedded_store(tmp_path):
 
 async def test_tasks_show_lists_n_tasks_or_one_in_full(tmp_path):
     from app.store.sqlite import SqliteTaskStore
-    from tests.store.test_contract import new_task
+    from tests.support.tasks import new_task
 
     store = SqliteTaskStore(tmp_path / "data" / "tasks.db")
     await store.open()

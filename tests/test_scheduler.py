@@ -5,8 +5,8 @@ import httpx
 
 from app.errors import Conflict
 from app.scheduler import JOB_ID, ReplenishScheduler
-from tests.conftest import make_settings
-from tests.processes import service_process
+from tests.support.processes import service_process
+from tests.support.settings import make_settings
 
 
 class CountingService:

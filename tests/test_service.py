@@ -15,9 +15,9 @@ from app.identity import task_identifier
 from app.models import StatusChange, TaskStatus
 from app.service import TaskService
 from app.store.journal import ClaimJournal
-from tests.conftest import make_settings
-from tests.fakes import Clock, FakePublisher, RecordingNotifier
-from tests.processes import claiming_child, process_state, wait_until
+from tests.support.fakes import Clock, FakePublisher, RecordingNotifier
+from tests.support.processes import claiming_child, process_state, wait_until
+from tests.support.settings import make_settings
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from app.notify import FeishuBot
 from app.service import TaskService
 from app.store.bitable import BitableTaskStore
 from app.store.journal import ClaimJournal
-from tests.brokers import declare_workers_queue, passive_declare
-from tests.conftest import bitable_settings
+from tests.support.brokers import declare_workers_queue, passive_declare
+from tests.support.settings import bitable_settings
 
 pytestmark = pytest.mark.broker
 

@@ -4,7 +4,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.conftest import bitable_settings, make_settings
+from tests.support.settings import bitable_settings, make_settings
 
 
 @pytest.fixture

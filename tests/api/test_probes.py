@@ -2,8 +2,8 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
-from tests.conftest import bitable_settings, make_settings
-from tests.processes import free_port
+from tests.support.processes import free_port
+from tests.support.settings import bitable_settings, make_settings
 
 
 def samples(client) -> dict[tuple[str, tuple], float]:

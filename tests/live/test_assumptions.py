@@ -3,7 +3,7 @@
 import logging
 
 from app.store.bitable import IDENTIFIER
-from tests.store.test_contract import new_task
+from tests.support.tasks import new_task
 
 
 async def test_contains_is_a_substring_test_on_text(store):

@@ -38,12 +38,12 @@ from app.service import TaskService
 from app.store.bitable import BitableTaskStore
 from app.store.journal import ClaimJournal
 from app.store.sqlite import SqliteTaskStore
-from tests.brokers import declare_workers_queue, passive_declare, workers_queue
-from tests.conftest import bitable_settings, make_settings
-from tests.fakes import RecordingNotifier
-from tests.feishu.fixtures import APP_TOKEN, TABLE_ID
-from tests.reliability.conftest import size
-from tests.reliability.tcp_proxy import TcpProxy
+from tests.support.brokers import declare_workers_queue, passive_declare, workers_queue
+from tests.support.fakes import RecordingNotifier
+from tests.support.feishu import APP_TOKEN, TABLE_ID
+from tests.support.modes import size
+from tests.support.settings import bitable_settings, make_settings
+from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.broker
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from app.store.records import from_ms
 from kombu import Connection
 
 from app.broker import CeleryPublisher
@@ -42,13 +43,12 @@ from app.notify import FeishuBot
 from app.service import TaskService
 from app.store.bitable import BitableTaskStore
 from app.store.journal import ClaimJournal
-from app.store.records import from_ms
-from tests.brokers import declare_workers_queue, passive_declare, workers_queue
-from tests.conftest import bitable_settings
-from tests.feishu.fixtures import APP_TOKEN, TABLE_ID
-from tests.processes import free_port
-from tests.reliability.conftest import size
-from tests.reliability.tcp_proxy import TcpProxy
+from tests.support.brokers import declare_workers_queue, passive_declare, workers_queue
+from tests.support.feishu import APP_TOKEN, TABLE_ID
+from tests.support.modes import size
+from tests.support.processes import free_port
+from tests.support.settings import bitable_settings
+from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.broker
 

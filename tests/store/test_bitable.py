@@ -9,6 +9,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from app.store.records import to_ms
 
 from app.errors import QuotaExhausted, StoreRejected, StoreUnavailable
 from app.models import StatusChange, TaskStatus
@@ -16,10 +17,9 @@ from app.store import bitable as bitable_module
 from app.store.bitable import BitableTaskStore, setup_columns
 from app.store.feishu import FeishuTable, create_body
 from app.store.index import State
-from app.store.records import to_ms
-from tests.conftest import bitable_settings
-from tests.feishu.fixtures import APP_TOKEN, TABLE_ID
-from tests.store.test_contract import new_task
+from tests.support.feishu import APP_TOKEN, TABLE_ID
+from tests.support.settings import bitable_settings
+from tests.support.tasks import new_task
 
 TRANSIENT_FAULTS = ["rate_limit", "conflict", "not_ready", "too_many", "timeout_code", "server_error", "html_502"]
 

@@ -6,13 +6,8 @@ from datetime import UTC, datetime
 import pytest
 
 from app.errors import InvalidInput
-from app.identity import canonical_json, task_identifier
-from app.models import NewTask, StatusChange, TaskStatus
-
-
-def new_task(n: int, priority: int | None = None, **extra) -> NewTask:
-    payload = {"n": n, **extra}
-    return NewTask(task_identifier(payload), payload, canonical_json(payload), priority)
+from app.models import StatusChange, TaskStatus
+from tests.support.tasks import new_task
 
 
 async def test_add_creates_pending_records_readable_by_id(store):

@@ -3,7 +3,7 @@ import os
 import pytest
 
 from app.store.journal import Claim, ClaimJournal
-from tests import processes
+from tests.support import processes
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from app.errors import StoreUnavailable
-from tests.store.test_contract import new_task
+from tests.support.tasks import new_task
 
 
 def committed_ids(store) -> set[str]:
