@@ -10,6 +10,7 @@ from typing import Any
 from app.config import Settings
 from app.errors import InvalidInput, StoreRejected, StoreUnavailable
 from app.models import NewTask, StatusChange, Stored, TaskPage, TaskRecord, TaskStatus
+from app.paths import DataDir
 from app.store.chunks import chunked
 from app.store.columns import CREATED_AT, IDENTIFIER, Schema, is_identifier, load_schema, number, plain
 from app.store.feishu import FeishuTable, RecordMissing
@@ -65,7 +66,7 @@ class BitableTaskStore:
             attempts=settings.feishu_retry_attempts,
             backoff_base=settings.feishu_retry_base_seconds,
         )
-        index = IdentifierIndex(settings.data_dir / f"index-{settings.feishu_bitable_table_id}.db")
+        index = IdentifierIndex(DataDir(settings.data_dir).index_db(settings.feishu_bitable_table_id))
         return cls(
             table,
             index,
@@ -123,7 +124,7 @@ class BitableTaskStore:
                 continue
             if entry is not None and entry.state is not State.WRITING:
                 results[task.identifier] = Stored(task.identifier, entry.record_id, created=False)
-            else:  # an entry still WRITING: an earlier write of it may have landed
+            else:  # new, or still WRITING: an earlier write of it may have landed, and the writer looks first
                 row = NewRow(task.identifier, self._schema.new_row(task, created_at), uncertain=entry is not None)
                 new[task.identifier] = row
         failure: BaseException | None = None

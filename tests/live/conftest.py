@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from app.store.records import chunked
 
 from app.config import Settings
-from app.store.bitable import BitableTaskStore, setup_columns
+from app.store.bitable import BitableTaskStore
+from app.store.chunks import chunked
+from app.store.columns import setup_columns
 from app.store.feishu import FeishuTable
 from tests.support.modes import LIVE
 from tests.support.settings import bitable_settings, make_settings

@@ -2,7 +2,7 @@
 
 import logging
 
-from app.store.bitable import IDENTIFIER
+from app.store.columns import IDENTIFIER
 from tests.support.tasks import new_task
 
 

@@ -9,14 +9,16 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from app.store.records import to_ms
 
 from app.errors import QuotaExhausted, StoreRejected, StoreUnavailable
 from app.models import StatusChange, TaskStatus
-from app.store import bitable as bitable_module
-from app.store.bitable import BitableTaskStore, setup_columns
+from app.store import rebuild
+from app.store.bitable import BitableTaskStore
+from app.store.columns import COLUMNS, setup_columns
 from app.store.feishu import FeishuTable, create_body
 from app.store.index import State
+from app.store.searches import find_identifiers
+from app.store.timestamps import to_ms
 from tests.support.feishu import APP_TOKEN, TABLE_ID
 from tests.support.settings import bitable_settings
 from tests.support.tasks import new_task
@@ -113,47 +115,6 @@ async def test_small_requests_arriving_during_a_write_wait_for_it_and_share_the_
     await asyncio.gather(first, *small)
     assert [c.n_records for c in feishu.calls if c.endpoint == "batch_create"] == [1_000, 320]
     await store.close()
-
-
-async def test_an_answered_write_is_not_held_behind_a_status_update_waiting_for_the_table(feishu, tmp_path):
-    store = await open_store(feishu, tmp_path, feishu_write_linger_ms=0, feishu_retry_base_seconds=0.3)
-    (claimed,) = await store.add([new_task(99_999)])
-    feishu.latency = 0.2
-    feishu.add_fault("server_error", endpoint="batch_update", times=2)  # the update holds the table ~1 s
-    started = store._turn  # set when the next write starts
-    first = asyncio.create_task(store.add([new_task(n) for n in range(1_000)]))
-    await started.wait()  # its write is in flight, nothing else queued
-    update = asyncio.create_task(store.update([StatusChange(claimed.record_id, TaskStatus.PROCESSING)]))
-    await asyncio.sleep(0)  # it waits for the table
-    second = asyncio.create_task(store.add([new_task(n) for n in range(1_000, 2_000)]))  # ready, behind the update
-    done, _ = await asyncio.wait({first, update}, return_when=asyncio.FIRST_COMPLETED)
-    assert done == {first}, "the first ingest's answer waited for the update"
-    await asyncio.gather(update, second)
-    await store.close()
-
-
-async def test_after_a_stream_of_full_batches_a_lone_request_waits_only_the_linger(feishu, tmp_path):
-    store = await open_store(feishu, tmp_path, feishu_write_linger_ms=10, feishu_write_max_wait_ms=10_000)
-    feishu.latency = 0.1
-    started = store._turn  # set when the next write starts
-    first = asyncio.create_task(store.add([new_task(n) for n in range(1_000)]))
-    await started.wait()
-    # a stream: these arrive while a write is in flight, and go as full batches
-    await asyncio.gather(first, *(store.add([new_task(r * 1_000 + n) for n in range(1_000)]) for r in (1, 2)))
-    # a batch held open for the stream's max_wait would take 10 s
-    await asyncio.wait_for(store.add([new_task(5_000)]), timeout=5)
-    await store.close()
-
-
-async def test_close_answers_the_requests_still_waiting_as_unavailable(feishu, tmp_path):
-    store = await open_store(feishu, tmp_path, feishu_write_linger_ms=0)
-    feishu.latency = 0.5
-    started = store._turn  # set when the next write starts
-    waiting = asyncio.create_task(store.add([new_task(n) for n in range(3)]))
-    await started.wait()
-    await store.close()
-    with pytest.raises(StoreUnavailable):  # not left waiting for good; its rows are reconciled at the next start
-        await asyncio.wait_for(waiting, timeout=5)
 
 
 async def test_a_request_that_hangs_up_leaves_the_write_it_shares_to_the_others(feishu, tmp_path):
@@ -346,9 +307,8 @@ async def test_a_crash_between_write_and_index_is_reconciled_at_start(feishu, tm
     store = await open_store(feishu, tmp_path)
     landed, lost = new_task(1), new_task(2)
     store.index.mark_writing([landed.identifier, lost.identifier])
-    await store.table.batch_create(
-        create_body([store._row(landed, 0)]), client_token="c3f4a2d8-0000-4000-8000-000000000001"
-    )
+    row = {"Identifier": landed.identifier, "Status": "PENDING", "Payload": landed.canonical, "CreatedAt": 0}
+    await store.table.batch_create(create_body([row]), client_token="c3f4a2d8-0000-4000-8000-000000000001")
     await store.close()  # "crash": the index still says WRITING for both
     store = await open_store(feishu, tmp_path)
     entries = store.index.lookup([landed.identifier, lost.identifier])
@@ -402,9 +362,9 @@ async def test_the_rebuild_parts_search_under_the_rate_limit(feishu, tmp_path):
 async def test_parts_that_miss_rows_are_caught_and_the_table_is_read_whole(feishu, tmp_path, monkeypatch, caplog):
     identifiers = [hashlib.sha256(str(n).encode()).hexdigest() for n in range(1_200)]
     feishu.insert_rows(APP_TOKEN, TABLE_ID, [{"Identifier": i} for i in identifiers])
-    partial = bitable_module._reindex_parts()[:2]  # as if Feishu's `contains` matched fewer rows than a substring test
-    monkeypatch.setattr(bitable_module, "_reindex_parts", lambda: partial)
-    with caplog.at_level(logging.WARNING, logger="app.store.bitable"):
+    partial = rebuild.index_parts()[:2]  # as if Feishu's `contains` matched fewer rows than a substring test
+    monkeypatch.setattr(rebuild, "index_parts", lambda: partial)
+    with caplog.at_level(logging.WARNING, logger="app.store.rebuild"):
         store = await open_store(feishu, tmp_path)
     assert store.index.count() == len(identifiers)
     assert "reading it whole" in caplog.text
@@ -575,7 +535,7 @@ async def test_filter_shapes_names_every_search_the_store_sends(bitable_store, f
     await bitable_store.page(None, 10, None)
     await bitable_store.prune(TaskStatus.SUCCESS, datetime.now(UTC))
     await bitable_store.reindex()
-    assert await bitable_store._find_identifiers([s.identifier for s in stored])
+    assert await find_identifiers(bitable_store.table, [s.identifier for s in stored])
     shapes = {_shape(s): name for name, s in bitable_store.filter_shapes().items()}
     unnamed = [s for s in sent if _shape(s) not in shapes]
     assert not unnamed, f"searches filter_shapes() does not name: {unnamed}"
@@ -603,7 +563,7 @@ async def test_setup_columns_creates_dates_with_their_time_of_day(feishu):
     feishu.add_table(APP_TOKEN, "tblNew", [("Name", 1)])
     table = FeishuTable.build(feishu.app_id, feishu.app_secret, APP_TOKEN, "tblNew", feishu.url, timeout=5)
     created, wrong = await setup_columns(table)
-    assert set(created) == set(bitable_module.COLUMNS) and wrong == []
+    assert set(created) == set(COLUMNS) and wrong == []
     fields = {f["field_name"]: f for f in await _fields_json(feishu, "tblNew")}
     for name in ("CreatedAt", "ClaimedAt"):
         assert fields[name]["property"]["date_formatter"] == "yyyy/MM/dd HH:mm"
