@@ -1,3 +1,5 @@
+"""API fixtures: a TestClient on the embedded store (`client`) and on the emulated Bitable (`bitable_client`)."""
+
 from collections.abc import Iterator
 
 import pytest

@@ -1,3 +1,5 @@
+"""/healthz, /readyz and /metrics: readiness names the part that is down; the metrics count what the service did."""
+
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 

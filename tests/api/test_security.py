@@ -1,3 +1,5 @@
+"""API keys: every /api route needs one when API_KEYS is set; probes, metrics and docs stay open."""
+
 import logging
 
 import pytest

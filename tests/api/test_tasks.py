@@ -1,3 +1,5 @@
+"""The task routes on the embedded store: ingest, dedup, status updates, and their 4xx answers."""
+
 import json
 
 import pytest
