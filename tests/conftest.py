@@ -8,16 +8,36 @@ import pytest
 from app.config import Settings
 from tests.support.brokers import make_publisher, queue_name, rabbit_url, redis_url
 from tests.support.feishu import feishu
+from tests.support.services import (
+    clock,
+    cycle,
+    dispatcher,
+    journal,
+    make_services,
+    notifier,
+    publisher,
+    service,
+    services,
+)
 from tests.support.stores import bitable_store, sqlite_store, store
 
 # fixtures, imported so pytest finds them here (no pytest_plugins)
 __all__ = [
     "bitable_store",
+    "clock",
+    "cycle",
+    "dispatcher",
     "feishu",
+    "journal",
     "make_publisher",
+    "make_services",
+    "notifier",
+    "publisher",
     "queue_name",
     "rabbit_url",
     "redis_url",
+    "service",
+    "services",
     "sqlite_store",
     "store",
 ]

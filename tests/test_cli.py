@@ -1,3 +1,5 @@
+"""The command line run as a process: reindex, replenish, stats, setup-bitable, prune, tasks, the console script."""
+
 import json
 import os
 import re
@@ -182,6 +184,11 @@ async def test_tasks_show_lists_n_tasks_or_one_in_full(tmp_path):
     }
     missing = run_cli("tasks", "show", "recNOPE", env=env, cwd=tmp_path)
     assert missing.returncode == 1 and "not_found" in missing.stdout
+    for target in ("²", "١٢"):  # str.isdigit() takes them, int() or a record id does not: a clear refusal, no traceback
+        odd = run_cli("tasks", "show", target, env=env, cwd=tmp_path)
+        assert odd.returncode == 2, odd.stdout + odd.stderr
+        assert "neither a number of tasks nor a record id" in " ".join(odd.stdout.split())
+        assert "Traceback" not in odd.stdout + odd.stderr
 
 
 @pytest.mark.broker
