@@ -20,15 +20,16 @@ The locks, outermost first; a task holding one may wait only for those below it,
  2. replenish.lock (flock, non-blocking: a second cycle is a 409 Conflict), held for one cycle
     (`ReplenishCycle.run`); the bot's notice is sent after it is released.
  3. `Dispatcher.claiming` (asyncio.Lock, this process): from reading the rows to claim until they are
-    dispatched; taken by the cycle (settling claims, then topping up, one after the other) and by the priority
-    push (around its `store.add`, whose write it waits for).
+    dispatched; taken by the cycle (settling claims, then topping up, one after the other), by lease recovery
+    on its own, and by the priority push (around its `store.add`, whose write it waits for).
  4. The claim journal's transaction (claims.db: `SqliteFile`'s thread lock, then SQLite's BEGIN IMMEDIATE),
     before the claim is written and again after; it probes other owners' claims-owners/*.lock, non-blocking.
  5. `BatchWriter.turn()` / its write lock (asyncio.Lock, one Bitable write per table at a time): a store
     update or prune takes a turn per batch; the writer's send loop holds it for each `batch_create`.
  6. The index's or the store's transaction (index-<table>.db, tasks.db: the thread lock, then BEGIN
     IMMEDIATE): a Bitable update marks the index after its turn is released, and the writer marks
-    (`mark_writing`, `mark_stored`) outside the write lock; the SQLite store's write is this transaction alone.
+    (`mark_writing`, `mark_stored`) outside the write lock; the SQLite store's writes are this transaction
+    alone, concurrent `add`s sharing one (group commit).
  7. Leaves, holding nothing else: the bot's send lock (`FeishuBot`, its rate budget) and the token fetch
     every Feishu call shares (a future, not a lock).
 """
