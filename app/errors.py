@@ -1,8 +1,5 @@
 """ServiceError and its subclasses, each carrying its HTTP status; they carry the error, never a result."""
 
-from collections.abc import Sequence
-from typing import Any
-
 
 class ServiceError(Exception):
     """An error the API renders as `{"error", "detail"}` with its own HTTP status."""
@@ -42,16 +39,9 @@ class StoreUnavailable(ServiceError):
     status_code = 503
     error = "store_unavailable"
 
-    def __init__(
-        self,
-        detail: str,
-        *,
-        retry_after: int = 30,
-        stored: Sequence[Any] = (),
-    ):
+    def __init__(self, detail: str, *, retry_after: int = 30):
         super().__init__(detail, headers={"Retry-After": str(retry_after)})
         self.retry_after = retry_after
-        self.stored = list(stored)  # the store's `Stored` entries that landed; never rendered as they are
 
 
 class StoreRejected(ServiceError):

@@ -45,6 +45,14 @@ class Stored:
     created: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Added:
+    """What `TaskStore.add` managed: one `Stored` per task in order; if the store stopped, those certain, and why."""
+
+    stored: list[Stored]
+    error: StoreUnavailable | None = None
+
+
 @dataclass(slots=True)
 class TaskRecord:
     record_id: str

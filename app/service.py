@@ -84,10 +84,10 @@ class TaskService:
         unique: dict[str, NewTask] = {}
         for task in tasks:
             unique.setdefault(task.identifier, task)  # the first payload of an identifier wins
-        try:
-            stored = {entry.identifier: entry for entry in await self.store.add(list(unique.values()))}
-        except StoreUnavailable as exc:
-            return _partly_stored(exc, tasks, {entry.identifier: entry for entry in exc.stored})
+        added = await self.store.add(list(unique.values()))
+        if added.error is not None:
+            return _partly_stored(added.error, tasks, added.stored)
+        stored = {entry.identifier: entry for entry in added.stored}
         items = _items(tasks, stored)
         created_count = sum(item["outcome"] == "created" for item in items)
         TASKS_INGESTED.labels("created").inc(created_count)
@@ -172,10 +172,10 @@ class TaskService:
             unique.setdefault(task.identifier, task)
         results: dict[str, tuple[str | None, str]] = {}
         async with self._dispatcher.claiming:
-            try:
-                stored = await self.store.add(list(unique.values()))
-            except StoreUnavailable as exc:
-                return _partly_stored(exc, tasks, {entry.identifier: entry for entry in exc.stored})
+            added = await self.store.add(list(unique.values()))
+            if added.error is not None:
+                return _partly_stored(added.error, tasks, added.stored)
+            stored = added.stored
             try:
                 existing = await self.store.get([s.record_id for s in stored if s.record_id and not s.created])
                 to_send: list[TaskRecord] = []
@@ -194,7 +194,7 @@ class TaskService:
                         results[entry.identifier] = (record.record_id, outcome)
                 dispatched = await self._dispatcher.dispatch(to_send, PriorityClass.HIGH)
             except StoreUnavailable as exc:  # all stored: the same request again publishes what is still PENDING
-                return _partly_stored(exc, tasks, {entry.identifier: entry for entry in stored})
+                return _partly_stored(exc, tasks, stored)
         for record in dispatched.sent:
             results[record.identifier or ""] = (record.record_id, "published")
         for record in dispatched.unsent:
@@ -265,10 +265,11 @@ def _priority_note(priority: int | None, stored: Iterable[Stored]) -> str | None
     return f"priority {priority} applies to new tasks only: {kept} {tasks} own priority"
 
 
-def _partly_stored(exc: StoreUnavailable, tasks: Sequence[NewTask], landed: dict[str, Stored]) -> PartlyStored:
+def _partly_stored(error: StoreUnavailable, tasks: Sequence[NewTask], landed: Iterable[Stored]) -> PartlyStored:
     """What landed, per payload: the store stopped the request part way."""
+    by_identifier = {entry.identifier: entry for entry in landed}
     distinct = len({task.identifier for task in tasks})
-    return PartlyStored(exc, _items(tasks, landed), stored=len(landed), distinct=distinct)
+    return PartlyStored(error, _items(tasks, by_identifier), stored=len(by_identifier), distinct=distinct)
 
 
 def _items(tasks: Sequence[NewTask], stored: dict[str, Stored]) -> list[dict[str, Any]]:

@@ -43,11 +43,11 @@ def test_a_bad_setting_stops_the_cli_naming_it(tmp_path):
 
 async def test_replenish_and_stats_run_the_same_cycle_from_the_command_line(tmp_path):
     from app.store.sqlite import SqliteTaskStore
-    from tests.support.tasks import new_task
+    from tests.support.tasks import add_all, new_task
 
     store = SqliteTaskStore(tmp_path / "data" / "tasks.db")
     await store.open()
-    await store.add([new_task(n) for n in range(4)])
+    await add_all(store, [new_task(n) for n in range(4)])
     await store.close()
     env = {"DATA_DIR": str(tmp_path / "data")}
 
@@ -141,11 +141,11 @@ def test_prune_dry_run_counts_and_deletes_nothing(feishu, tmp_path):
 
 async def test_prune_dry_run_on_the_embedded_store(tmp_path):
     from app.store.sqlite import SqliteTaskStore
-    from tests.support.tasks import new_task
+    from tests.support.tasks import add_all, new_task
 
     store = SqliteTaskStore(tmp_path / "data" / "tasks.db")
     await store.open()
-    stored = await store.add([new_task(n) for n in range(3)])
+    stored = await add_all(store, [new_task(n) for n in range(3)])
     await store.update([StatusChange(s.record_id, TaskStatus.SUCCESS) for s in stored])
     await store.close()
     env = {"DATA_DIR": str(tmp_path / "data")}
@@ -158,11 +158,11 @@ async def test_prune_dry_run_on_the_embedded_store(tmp_path):
 
 async def test_tasks_show_lists_n_tasks_or_one_in_full(tmp_path):
     from app.store.sqlite import SqliteTaskStore
-    from tests.support.tasks import new_task
+    from tests.support.tasks import add_all, new_task
 
     store = SqliteTaskStore(tmp_path / "data" / "tasks.db")
     await store.open()
-    stored = await store.add([new_task(n, priority=n) for n in range(5)])
+    stored = await add_all(store, [new_task(n, priority=n) for n in range(5)])
     await store.close()
     env = {"DATA_DIR": str(tmp_path / "data")}
     listing = run_cli("tasks", "show", "3", env=env, cwd=tmp_path)

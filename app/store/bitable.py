@@ -9,7 +9,7 @@ from typing import Any
 
 from app.config import Settings
 from app.errors import InvalidInput, StoreRejected, StoreUnavailable
-from app.models import NewTask, StatusChange, Stored, TaskPage, TaskRecord, TaskStatus
+from app.models import Added, NewTask, StatusChange, Stored, TaskPage, TaskRecord, TaskStatus
 from app.paths import DataDir
 from app.store.chunks import chunked
 from app.store.columns import CREATED_AT, IDENTIFIER, Schema, is_identifier, load_schema, number, plain
@@ -113,8 +113,11 @@ class BitableTaskStore:
 
     # ---- adding, through the single writer ------------------------------------------------------------------
 
-    async def add(self, tasks: Sequence[NewTask]) -> list[Stored]:
-        known = self.index.lookup([task.identifier for task in tasks])
+    async def add(self, tasks: Sequence[NewTask]) -> Added:
+        try:
+            known = self.index.lookup([task.identifier for task in tasks])
+        except StoreUnavailable as exc:
+            return Added([], exc)
         created_at = now_ms()
         results: dict[str, Stored] = {}
         new: dict[str, NewRow] = {}
@@ -134,11 +137,11 @@ class BitableTaskStore:
                     results[identifier] = outcome
                 else:
                     failure = failure or outcome
-        if isinstance(failure, StoreUnavailable):  # a fresh error: the writer's one is shared by every waiter
-            raise StoreUnavailable(failure.detail, retry_after=failure.retry_after, stored=[*results.values()])
+        if isinstance(failure, StoreUnavailable):
+            return Added([results[task.identifier] for task in tasks if task.identifier in results], failure)
         if failure is not None:
             raise failure
-        return [results[task.identifier] for task in tasks]
+        return Added([results[task.identifier] for task in tasks])
 
     # ---- reading and updating -------------------------------------------------------------------------------
 

@@ -3,15 +3,25 @@
 import hashlib
 import json
 import random
+from collections.abc import Sequence
 from typing import Any
 
 from app.identity import canonical_json, task_identifier
-from app.models import NewTask
+from app.models import NewTask, Stored
+from app.store.base import TaskStore
 
 
 def new_task(n: int, priority: int | None = None, **extra) -> NewTask:
     payload = {"n": n, **extra}
     return NewTask(task_identifier(payload), payload, canonical_json(payload), priority)
+
+
+async def add_all(store: TaskStore, tasks: Sequence[NewTask]) -> list[Stored]:
+    """One `Stored` per task, for a test that expects every one to land: a store that stopped raises its error."""
+    added = await store.add(tasks)
+    if added.error is not None:
+        raise added.error
+    return added.stored
 
 
 def identifier(payload: dict[str, Any]) -> str:
