@@ -13,6 +13,7 @@ from kombu.exceptions import KombuError
 
 from app.config import PayloadAs, Settings
 from app.errors import BrokerUnavailable, QueueMissing
+from app.paths import DataDir
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,14 +46,14 @@ def make_celery(settings: Settings) -> Celery:
         options["confirm_publish"] = True  # each publish waits for the broker's ack; a nack raises
     elif settings.broker_scheme == "filesystem" and not url:
         url = "filesystem://localhost//"  # a host named: kombu warns on every connection without one
-        folder = (settings.data_dir / "broker").resolve()
-        for name in ("queue", "processed", "control"):
-            (folder / name).mkdir(parents=True, exist_ok=True)
+        paths = DataDir(settings.data_dir.resolve())
+        for folder in (paths.broker_queue, paths.broker_processed, paths.broker_control):
+            folder.mkdir(parents=True, exist_ok=True)
         options |= {
-            "data_folder_in": str(folder / "queue"),
-            "data_folder_out": str(folder / "queue"),
-            "processed_folder": str(folder / "processed"),
-            "control_folder": str(folder / "control"),
+            "data_folder_in": str(paths.broker_queue),
+            "data_folder_out": str(paths.broker_queue),
+            "processed_folder": str(paths.broker_processed),
+            "control_folder": str(paths.broker_control),
             "store_processed": False,
             "polling_interval": 0.1,  # the default 1 s wait caps each worker at one task a second
         }

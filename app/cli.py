@@ -1,11 +1,14 @@
+"""The command line: python -m app / task-manager (serve, replenish, stats, tasks show, prune, doctor, demo…)."""
+
 import asyncio
 import json
 import logging
+import re
 import resource
 import shutil
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -14,9 +17,11 @@ from rich.table import Table
 from app.config import ConfigError, StoreKind, load_settings
 from app.errors import ServiceError
 from app.logs import configure_logging
-from app.models import TaskOut, TaskRecord, TaskStatus
-from app.service import TaskService
+from app.models import RECORD_ID_PATTERN, TaskOut, TaskRecord, TaskStatus
 from app.store import build_store
+
+if TYPE_CHECKING:
+    from app.main import Services
 
 T = TypeVar("T")
 
@@ -96,12 +101,12 @@ def reindex() -> None:
     console.print(f"identifier index rebuilt: {count:,} identifiers")
 
 
-def _with_service(work: Callable[[TaskService], Awaitable[T]]) -> T:
-    from app.main import running_service
+def _with_services(work: "Callable[[Services], Awaitable[T]]") -> T:
+    from app.main import running_services
 
     async def run() -> T:
-        async with running_service(_settings()) as service:
-            return await work(service)
+        async with running_services(_settings()) as services:
+            return await work(services)
 
     try:
         return asyncio.run(run())
@@ -113,7 +118,7 @@ def _with_service(work: Callable[[TaskService], Awaitable[T]]) -> T:
 @cli.command()
 def replenish(dry_run: bool = typer.Option(False, "--dry-run", help="report what would be claimed")) -> None:
     """Run one replenish cycle now (the same cycle the scheduler and POST /api/replenish run)."""
-    report = _with_service(lambda service: service.replenish(dry_run=dry_run))
+    report = _with_services(lambda services: services.cycle.run(dry_run=dry_run))
     table = Table("field", "value", title=f"replenish: {report.outcome}")
     for name, value in report.model_dump(exclude_none=True).items():
         table.add_row(name, str(value))
@@ -125,7 +130,7 @@ def replenish(dry_run: bool = typer.Option(False, "--dry-run", help="report what
 @cli.command()
 def stats() -> None:
     """Tasks per status and the queue's depth."""
-    result = _with_service(lambda service: service.stats())
+    result = _with_services(lambda services: services.tasks.stats())
     table = Table("status", "tasks", title="task pool")
     for status, count in result.counts.items():
         table.add_row(status, f"{count:,}")
@@ -141,7 +146,8 @@ def stats() -> None:
 @cli.command("setup-bitable")
 def setup_bitable() -> None:
     """Create every missing column of the Bitable table (existing ones are left alone)."""
-    from app.store.bitable import BitableTaskStore, setup_columns
+    from app.store.bitable import BitableTaskStore
+    from app.store.columns import setup_columns
 
     settings = _settings()
     if settings.store_kind is not StoreKind.BITABLE:
@@ -205,7 +211,7 @@ def prune(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="count what would be deleted; delete nothing")] = False,
 ) -> None:
     """Delete finished tasks to keep the table under its row limit; dedup still knows them."""
-    count = _with_service(lambda service: service.prune(TaskStatus(status.value), older_than, dry_run=dry_run))
+    count = _with_services(lambda services: services.tasks.prune(TaskStatus(status.value), older_than, dry_run=dry_run))
     age = f"created more than {older_than:g} days ago"
     if dry_run:
         console.print(f"would remove {count:,} {status.value} tasks {age} (dry run: nothing deleted)")
@@ -219,8 +225,9 @@ def tasks_show(
     status: Annotated[TaskStatus | None, typer.Option("--status", help="only tasks with this status")] = None,
 ) -> None:
     """List the first N tasks (optionally of one status), or show one task in full."""
-    if target.isdigit():
-        page = _with_service(lambda service: service.list_tasks(status, max(1, min(int(target), 500)), None))
+    if target.isascii() and target.isdigit():  # str.isdigit() takes '²' too, which int() refuses
+        limit = max(1, min(int(target), 500))
+        page = _with_services(lambda services: services.tasks.list_tasks(status, limit, None))
         of = f" of {page.total:,}" if page.total is not None else ""
         title = f"first {len(page.items):,}{of} {status.value + ' ' if status else ''}tasks"
         table = Table("record id", "status", "priority", "attempts", "created", "payload", title=title)
@@ -228,7 +235,10 @@ def tasks_show(
             table.add_row(*_row(record))
         console.print(table)
         return
-    record = _with_service(lambda service: service.get_task(target))
+    if not re.fullmatch(RECORD_ID_PATTERN, target):
+        console.print(f"{target!r} is neither a number of tasks nor a record id", style="red", markup=False)
+        raise typer.Exit(2)
+    record = _with_services(lambda services: services.tasks.get_task(target))
     typer.echo(TaskOut.of(record).model_dump_json(indent=2))  # the API's shape: plain JSON, for jq too
 
 

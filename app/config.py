@@ -1,3 +1,5 @@
+"""Settings, read once from the environment or .env and checked, naming the setting that is wrong."""
+
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, TypeVar

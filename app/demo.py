@@ -22,6 +22,7 @@ from rich.table import Table
 
 import app
 from app.config import Settings
+from app.paths import DataDir
 
 ROOT = Path(app.__file__).resolve().parents[1]
 INGEST_CHUNK = 1_000
@@ -49,13 +50,13 @@ def run_demo(tasks: int, workers: int, console: Console) -> int:
     children: list[Child] = []
     try:
         service = ["uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
-        children.append(_start(service, env, data_dir / "service.log"))
+        children.append(_start(service, env, DataDir(data_dir).service_log))
         with httpx.Client(base_url=url, timeout=300) as client:
             _wait_healthy(client, children[0])
             for n in range(workers):
                 worker = ["celery", "-A", "examples.worker", "worker", "-Q", "celery", "-c", "1", "--pool", "threads"]
                 worker += ["--without-mingle", "--without-gossip", "--loglevel", "WARNING", "-n", f"demo{n}@%h"]
-                children.append(_start(worker, env, data_dir / f"worker-{n}.log"))
+                children.append(_start(worker, env, DataDir(data_dir).worker_log(n)))
             counts, elapsed = _push_and_watch(client, tasks, children, console)
     except (DemoFailed, httpx.HTTPError) as exc:
         console.print(f"demo failed: {exc}", style="red", markup=False, soft_wrap=True)

@@ -1,17 +1,15 @@
-from collections.abc import Sequence
-from typing import Any
+"""ServiceError and its subclasses, each carrying its HTTP status; they carry the error, never a result."""
 
 
 class ServiceError(Exception):
-    """An error the API renders as `{"error", "detail"}` with its own HTTP status; `extra` is plain JSON."""
+    """An error the API renders as `{"error", "detail"}` with its own HTTP status."""
 
     status_code = 500
     error = "internal_error"
 
-    def __init__(self, detail: str, *, extra: dict[str, Any] | None = None, headers: dict[str, str] | None = None):
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None):
         super().__init__(detail)
         self.detail = detail
-        self.extra = extra or {}
         self.headers = headers or {}
 
 
@@ -41,17 +39,9 @@ class StoreUnavailable(ServiceError):
     status_code = 503
     error = "store_unavailable"
 
-    def __init__(
-        self,
-        detail: str,
-        *,
-        retry_after: int = 30,
-        stored: Sequence[Any] = (),
-        extra: dict[str, Any] | None = None,
-    ):
-        super().__init__(detail, extra=extra, headers={"Retry-After": str(retry_after)})
+    def __init__(self, detail: str, *, retry_after: int = 30):
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
         self.retry_after = retry_after
-        self.stored = list(stored)  # the store's `Stored` entries that landed; never rendered as they are
 
 
 class StoreRejected(ServiceError):
@@ -84,13 +74,3 @@ class QueueMissing(ServiceError):
 
     status_code = 503
     error = "queue_missing"
-
-
-class CycleFailed(ServiceError):
-    """A replenish cycle could not do its work; `error` names what stopped it (queue_missing, broker_unavailable…)."""
-
-    status_code = 503
-
-    def __init__(self, error: str, detail: str, report: dict[str, Any], *, retry_after: int = 30):
-        super().__init__(detail, extra={"report": report}, headers={"Retry-After": str(retry_after)})
-        self.error = error

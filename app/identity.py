@@ -1,3 +1,5 @@
+"""Canonical JSON and the task identifier: the sha256 that dedup is keyed on."""
+
 import hashlib
 import json
 from collections.abc import Mapping, Sequence

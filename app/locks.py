@@ -1,3 +1,5 @@
+"""FileLock: a non-blocking flock one process holds at a time, which the kernel drops when it dies."""
+
 import fcntl
 import os
 from pathlib import Path

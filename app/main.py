@@ -1,7 +1,11 @@
+"""create_app() and the lifespan that builds everything once; running_services() for the app and the CLI."""
+
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
@@ -11,31 +15,63 @@ from app.api.guard import RequestGuard
 from app.api.ops import probes
 from app.api.ops import router as ops_router
 from app.api.tasks import router as tasks_router
-from app.broker import CeleryPublisher
+from app.broker import CeleryPublisher, Publisher
+from app.claims import ClaimJournal
 from app.config import Settings, load_settings
+from app.dispatch import Dispatcher
 from app.doctor import startup_checks
 from app.errors import ServiceError
 from app.logs import RequestIdMiddleware, configure_logging
-from app.notify import build_notifier
+from app.models import utc_now
+from app.notify import Notifier, build_notifier
+from app.paths import DataDir
+from app.replenish import ReplenishCycle
 from app.scheduler import ReplenishScheduler
 from app.service import TaskService
 from app.store import build_store
-from app.store.journal import ClaimJournal
+from app.store.base import TaskStore
 
 log = logging.getLogger("app")
 
 
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What the routes, the CLI and the scheduler call; the dispatcher is the one both sides claim through."""
+
+    tasks: TaskService
+    cycle: ReplenishCycle
+    dispatcher: Dispatcher
+
+
+def wire(
+    store: TaskStore,
+    settings: Settings,
+    *,
+    publisher: Publisher,
+    notifier: Notifier,
+    journal: ClaimJournal,
+    clock: Callable[[], datetime] = utc_now,
+) -> Services:
+    """The pool's rules and the cycle over one dispatcher, so a row is never claimed twice in this process."""
+    dispatcher = Dispatcher(store, publisher, journal, settings, clock)
+    return Services(
+        tasks=TaskService(store, settings, publisher=publisher, dispatcher=dispatcher, clock=clock),
+        cycle=ReplenishCycle(store, publisher, notifier, dispatcher, settings, clock),
+        dispatcher=dispatcher,
+    )
+
+
 @asynccontextmanager
-async def running_service(settings: Settings) -> AsyncIterator[TaskService]:
-    """Every adapter the service needs, opened once and closed in reverse: for the app and the CLI alike."""
+async def running_services(settings: Settings) -> AsyncIterator[Services]:
+    """Every adapter the services need, opened once and closed in reverse: for the app and the CLI alike."""
     store = build_store(settings)
     await store.open()
     publisher = CeleryPublisher(settings)
     notifier = build_notifier(settings.feishu_robot_webhook_url, settings.feishu_robot_secret.get_secret_value())
-    journal = ClaimJournal(settings.data_dir / "claims.db")
+    journal = ClaimJournal(DataDir(settings.data_dir).claims_db)
     journal.open()
     try:
-        yield TaskService(store, settings, publisher=publisher, notifier=notifier, journal=journal)
+        yield wire(store, settings, publisher=publisher, notifier=notifier, journal=journal)
     finally:
         await notifier.close()
         await publisher.close()
@@ -53,11 +89,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await startup_checks(current)  # the doctor's read-only checks: a failure stops start-up with its fix
         app.state.api_keys = [key.get_secret_value().encode() for key in current.api_keys]
         app.state.max_request_bytes = current.max_request_bytes
-        async with running_service(current) as service:
-            scheduler = ReplenishScheduler(service, current)
-            app.state.settings, app.state.service, app.state.scheduler = current, service, scheduler
+        async with running_services(current) as services:
+            scheduler = ReplenishScheduler(services.cycle, current)
+            app.state.settings, app.state.scheduler = current, scheduler
+            app.state.service, app.state.cycle = services.tasks, services.cycle
             try:
-                await service.settle_claims()
+                await services.dispatcher.settle_claims()
             except ServiceError as exc:  # the next cycle tries again
                 log.warning("could not settle earlier claims at start: %s", exc.detail)
             scheduler.start()

@@ -1,9 +1,19 @@
+"""The service's values: tasks and their changes as dataclasses, request and response schemas as pydantic models."""
+
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
+
+from app.errors import StoreUnavailable
+
+RECORD_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # Bitable's record ids and ours; anything else is no record id
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 class TaskStatus(StrEnum):
@@ -35,6 +45,14 @@ class Stored:
     created: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Added:
+    """What `TaskStore.add` managed: one `Stored` per task in order; if the store stopped, those certain, and why."""
+
+    stored: list[Stored]
+    error: StoreUnavailable | None = None
+
+
 @dataclass(slots=True)
 class TaskRecord:
     record_id: str
@@ -61,6 +79,23 @@ class TaskPage:
     items: list[TaskRecord]
     next_page_token: str | None
     total: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PartlyStored:
+    """The store stopped a request that stores tasks part way: the error, and per payload what landed."""
+
+    error: StoreUnavailable
+    items: list[dict[str, Any]]  # one ItemOutcome per payload, as plain JSON: `not_stored` for what did not land
+    stored: int  # distinct tasks stored
+    distinct: int
+
+    @property
+    def detail(self) -> str:
+        return (
+            f"{self.error.detail}; {self.stored} of {self.distinct} distinct tasks were stored, "
+            "and sending the same request again is safe"
+        )
 
 
 # ---- API schemas -------------------------------------------------------------------------------
@@ -123,7 +158,7 @@ class StatsOut(BaseModel):
     scheduler_owner: bool
 
 
-RecordIdStr = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+RecordIdStr = Annotated[str, Field(pattern=RECORD_ID_PATTERN)]
 
 
 class BulkStatusUpdate(BaseModel):

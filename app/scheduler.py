@@ -1,4 +1,4 @@
-"""APScheduler wiring only: the job is one call into the service, like the CLI and the API."""
+"""APScheduler wiring only: the job is one call into the replenish cycle, like the CLI and the API."""
 
 import logging
 from datetime import UTC, datetime
@@ -9,7 +9,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 from app.config import Settings
 from app.errors import Conflict
 from app.locks import FileLock
-from app.service import TaskService
+from app.paths import DataDir
+from app.replenish import ReplenishCycle
 
 log = logging.getLogger(__name__)
 JOB_ID = "replenish"
@@ -18,10 +19,10 @@ JOB_ID = "replenish"
 class ReplenishScheduler:
     """Runs the replenish cycle every REPLENISH_INTERVAL_HOURS in the one process that owns DATA_DIR's lock."""
 
-    def __init__(self, service: TaskService, settings: Settings):
-        self._service = service
+    def __init__(self, cycle: ReplenishCycle, settings: Settings):
+        self._cycle = cycle
         self._settings = settings
-        self._owner = FileLock(settings.data_dir / "scheduler.lock")
+        self._owner = FileLock(DataDir(settings.data_dir).scheduler_lock)
         self._scheduler: AsyncIOScheduler | None = None
 
     def start(self) -> bool:
@@ -52,7 +53,7 @@ class ReplenishScheduler:
 
     async def _tick(self) -> None:
         try:
-            await self._service.replenish()
+            await self._cycle.run()
         except Conflict:
             log.info("replenish skipped: another cycle is running")
 

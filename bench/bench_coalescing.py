@@ -15,7 +15,7 @@ import httpx
 from rich.console import Console
 
 from bench.common import Result, bitable_settings, emulator, smoke_flag
-from tests.processes import service_process
+from tests.support.processes import service_process
 
 console = Console(stderr=True)
 

@@ -51,7 +51,7 @@ from app.store.bitable import BitableTaskStore
 from app.store.index import IdentifierIndex
 from bench.bench_reindex import EmulatorProcess, console, emulator_process, progress
 from bench.common import Result, Stopwatch, bitable_settings, peak_rss_mb, smoke_flag
-from tests.feishu.fixtures import TABLE_ID
+from tests.support.feishu import TABLE_ID
 
 BATCH = 1_000
 FILL_CHUNK = 100_000
@@ -131,9 +131,9 @@ async def measure(
                 next_n += BATCH
                 cpu_before = time.thread_time()
                 with Stopwatch() as watch:
-                    stored = await stores[name].add(tasks)
+                    added = await stores[name].add(tasks)
                 cpu_seconds = time.thread_time() - cpu_before
-                if not all(s.created for s in stored):
+                if added.error is not None or not all(s.created for s in added.stored):
                     raise RuntimeError("a new payload was not created")
                 if r > 0:
                     times[name].append(watch.seconds)
@@ -146,8 +146,8 @@ async def measure(
         for _ in range(duplicates):
             tasks = [new_task(fill_payload(n)) for n in rng.sample(range(fill), BATCH)]
             with Stopwatch() as watch:
-                stored = await full.add(tasks)
-            if any(s.created for s in stored):
+                added = await full.add(tasks)
+            if added.error is not None or any(s.created for s in added.stored):
                 raise RuntimeError("a duplicate was created")
             dup_times.append(watch.seconds)
             bar.advance(dup_task)

@@ -78,7 +78,7 @@ def _stop(proc: subprocess.Popen) -> None:
 @contextmanager
 def bare_process(workdir: Path) -> Iterator[tuple[str, subprocess.Popen]]:
     """The bare app under uvicorn in its own process, lean as it gets: no access log."""
-    from tests.processes import free_port, wait_until
+    from tests.support.processes import free_port, wait_until
 
     port = free_port()
     log_path = workdir / f"bare-{port}.log"
@@ -224,7 +224,7 @@ def main() -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from bench.common import Result, peak_rss_mb, smoke_flag
-    from tests.processes import running_service
+    from tests.support.processes import running_service
 
     smoke = smoke_flag()
     rounds, per_round, concurrency = (1, 6, 2) if smoke else (6, 200, 4)

@@ -230,7 +230,7 @@ def run_session(
 ) -> dict[str, Any]:
     """One fresh emulator, DATA_DIR and service; answers the samples, decomposed, and the cycles' reports."""
     from bench.common import RABBIT_URL, bitable_settings, emulator
-    from tests.processes import service_process
+    from tests.support.processes import service_process
 
     samples: dict[str, list[tuple[float, float]]] = {"baseline": [], "loaded": []}
     reports: list[dict[str, Any]] = []
@@ -307,7 +307,7 @@ def main() -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from bench.common import LATENCY, RABBIT_URL, Result, smoke_flag
-    from tests.brokers import declare_workers_queue
+    from tests.support.brokers import declare_workers_queue
 
     smoke = smoke_flag()
     sessions, rounds, per_window = (1, 1, 4) if smoke else (4, 2, 40)

@@ -21,8 +21,8 @@ from rich.console import Console
 from app.store.feishu import FeishuTable, create_body
 from bench.bench_coalescing import service_env
 from bench.common import Result, emulator, smoke_flag
-from tests.feishu.fixtures import APP_TOKEN, TABLE_ID, lark_client
-from tests.processes import service_process
+from tests.support.feishu import APP_TOKEN, TABLE_ID, lark_client
+from tests.support.processes import service_process
 
 console = Console(stderr=True)
 

@@ -50,7 +50,7 @@ from app.identity import canonical_json, task_identifier
 from app.store.bitable import BitableTaskStore
 from bench.common import LATENCY, Result, Stopwatch, bitable_settings, peak_rss_mb, smoke_flag
 from tests.feishu.emulator import FeishuEmulator
-from tests.feishu.fixtures import APP_TOKEN, TABLE_ID
+from tests.support.feishu import APP_TOKEN, TABLE_ID
 
 console = Console(stderr=True)
 

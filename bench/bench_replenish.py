@@ -1,6 +1,6 @@
 """(c) One 500-task replenish cycle vs its floor.
 
-Ours: `TaskService.replenish()` on Bitable (the emulator, 100 ms a call) and RabbitMQ (a queue declared
+Ours: `ReplenishCycle.run()` on Bitable (the emulator, 100 ms a call) and RabbitMQ (a queue declared
 by "the workers" with x-max-priority), with 500 PENDING tasks waiting. Floor, timed in the same run:
 the three Feishu round trips a cycle cannot avoid (search the 500, batch_update the 500 claims, count
 what is left) sent raw through the same SDK edge, plus a raw kombu publish of 500 messages with
@@ -18,13 +18,13 @@ from kombu import Connection, Exchange, Producer
 from rich.console import Console
 
 from app.broker import CeleryPublisher
+from app.claims import ClaimJournal
+from app.main import wire
 from app.models import StatusChange, TaskStatus
 from app.notify import LogNotifier
-from app.service import TaskService
 from app.store.bitable import BitableTaskStore
-from app.store.journal import ClaimJournal
 from bench.common import RABBIT_URL, Result, bitable_settings, emulator, smoke_flag
-from tests.brokers import declare_workers_queue
+from tests.support.brokers import declare_workers_queue
 
 console = Console(stderr=True)
 
@@ -67,15 +67,15 @@ async def run(rounds: int, tasks: int) -> dict:
         publisher = CeleryPublisher(settings)
         journal = ClaimJournal(Path(tmp) / "claims.db")
         journal.open()
-        service = TaskService(store, settings, publisher=publisher, notifier=LogNotifier(), journal=journal)
+        services = wire(store, settings, publisher=publisher, notifier=LogNotifier(), journal=journal)
         floors, cycles, calls = [], [], []
         try:
             for r in range(rounds):
-                await service.ingest_tasks([{"round": r, "n": n} for n in range(tasks)])
+                await services.tasks.ingest_tasks([{"round": r, "n": n} for n in range(tasks)])
                 floors.append(await floor_once(store, queue, tasks))
                 emu.reset_calls()
                 started = time.perf_counter()
-                report = await service.replenish()
+                report = await services.cycle.run()
                 cycles.append(time.perf_counter() - started)
                 calls.append(len(emu.calls))
                 assert report.published == tasks, report

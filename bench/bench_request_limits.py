@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 from bench.common import Result, smoke_flag
-from tests.processes import running_service
+from tests.support.processes import running_service
 
 KEY = "bench-key-0123456789"
 

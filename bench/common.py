@@ -11,7 +11,7 @@ from pathlib import Path
 
 from app.config import Settings
 from tests.feishu.emulator import FeishuEmulator
-from tests.feishu.fixtures import APP_TOKEN, TABLE_ID, clear_token_cache
+from tests.support.feishu import APP_TOKEN, TABLE_ID, clear_token_cache
 
 LATENCY = 0.1  # seconds per Feishu call, as the targets are stated
 RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672//"

@@ -1,14 +1,46 @@
+"""Root fixtures: every test runs in a clean environment; the shared fixtures come from tests/support/."""
+
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from app.config import Settings
-from app.store.bitable import BitableTaskStore
-from app.store.sqlite import SqliteTaskStore
+from tests.support.brokers import make_publisher, queue_name, rabbit_url, redis_url
+from tests.support.feishu import feishu
+from tests.support.services import (
+    clock,
+    cycle,
+    dispatcher,
+    journal,
+    make_services,
+    notifier,
+    publisher,
+    service,
+    services,
+)
+from tests.support.stores import bitable_store, sqlite_store, store
 
-pytest_plugins = ["tests.feishu.fixtures", "tests.brokers"]
+# fixtures, imported so pytest finds them here (no pytest_plugins)
+__all__ = [
+    "bitable_store",
+    "clock",
+    "cycle",
+    "dispatcher",
+    "feishu",
+    "journal",
+    "make_publisher",
+    "make_services",
+    "notifier",
+    "publisher",
+    "queue_name",
+    "rabbit_url",
+    "redis_url",
+    "service",
+    "services",
+    "sqlite_store",
+    "store",
+]
 
 _OUR_SETTINGS = {name.upper() for name in Settings.model_fields}
 
@@ -20,44 +52,3 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if name.upper() in _OUR_SETTINGS:
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
-
-
-def make_settings(data_dir: Path, **overrides) -> Settings:
-    return Settings(_env_file=None, data_dir=data_dir, **overrides)
-
-
-def bitable_settings(emu, data_dir: Path, **overrides) -> Settings:
-    values = {
-        "store": "bitable",
-        "feishu_app_id": emu.app_id,
-        "feishu_app_secret": emu.app_secret,
-        "feishu_bitable_app_token": "bascnTEST",
-        "feishu_bitable_table_id": "tblTEST",
-        "feishu_domain": emu.url,
-        "feishu_timeout_seconds": 5,
-        "feishu_retry_base_seconds": 0.01,
-        "feishu_write_linger_ms": 5,
-    }
-    return make_settings(data_dir, **(values | overrides))
-
-
-@pytest.fixture
-async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteTaskStore]:
-    store = SqliteTaskStore(tmp_path / "data" / "tasks.db")
-    await store.open()
-    yield store
-    await store.close()
-
-
-@pytest.fixture
-async def bitable_store(feishu, tmp_path: Path) -> AsyncIterator[BitableTaskStore]:
-    store = BitableTaskStore.from_settings(bitable_settings(feishu, tmp_path / "data"))
-    await store.open()
-    yield store
-    await store.close()
-
-
-@pytest.fixture(params=["sqlite", "bitable"])
-def store(request: pytest.FixtureRequest):
-    """The contract suite runs every test against both adapters."""
-    return request.getfixturevalue(f"{request.param}_store")

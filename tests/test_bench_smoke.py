@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from bench.run import BENCHES
-from tests.processes import ROOT, run_to_end
+from tests.support.processes import ROOT, run_to_end
 
 pytestmark = pytest.mark.slow
 

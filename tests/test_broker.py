@@ -12,7 +12,7 @@ from kombu import Connection
 from app.broker import Message, make_celery
 from app.config import ConfigError, load_settings
 from app.errors import BrokerUnavailable, QueueMissing
-from tests.brokers import (
+from tests.support.brokers import (
     declare_workers_queue,
     drain,
     free_port,
@@ -20,7 +20,7 @@ from tests.brokers import (
     publisher_settings,
     workers_queue,
 )
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 # the shared broker fixtures (assigned, not imported, so ruff does not read each test's argument as a redefinition)
 

@@ -1,3 +1,5 @@
+"""The command line run as a process: reindex, replenish, stats, setup-bitable, prune, tasks, the console script."""
+
 import json
 import os
 import re
@@ -10,21 +12,9 @@ import httpx
 import pytest
 
 from app.models import StatusChange, TaskStatus
-from tests.feishu.fixtures import APP_TOKEN, TABLE_ID
-from tests.processes import free_port, stop, wait_until
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "app", *args],
-        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+from tests.support.cli import run_cli
+from tests.support.feishu import APP_TOKEN, TABLE_ID
+from tests.support.processes import ROOT, free_port, stop, wait_until
 
 
 def test_reindex_rebuilds_the_index_from_the_table(feishu, tmp_path):
@@ -53,11 +43,11 @@ def test_a_bad_setting_stops_the_cli_naming_it(tmp_path):
 
 async def test_replenish_and_stats_run_the_same_cycle_from_the_command_line(tmp_path):
     from app.store.sqlite import SqliteTaskStore
-    from tests.store.test_contract import new_task
+    from tests.support.tasks import add_all, new_task
 
     store = SqliteTaskStore(tmp_path / "data" / "tasks.db")
     await store.open()
-    await store.add([new_task(n) for n in range(4)])
+    await add_all(store, [new_task(n) for n in range(4)])
     await store.close()
     env = {"DATA_DIR": str(tmp_path / "data")}
 
@@ -151,11 +141,11 @@ def test_prune_dry_run_counts_and_deletes_nothing(feishu, tmp_path):
 
 async def test_prune_dry_run_on_the_embedded_store(tmp_path):
     from app.store.sqlite import SqliteTaskStore
-    from tests.store.test_contract import new_task
+    from tests.support.tasks import add_all, new_task
 
     store = SqliteTaskStore(tmp_path / "data" / "tasks.db")
     await store.open()
-    stored = await store.add([new_task(n) for n in range(3)])
+    stored = await add_all(store, [new_task(n) for n in range(3)])
     await store.update([StatusChange(s.record_id, TaskStatus.SUCCESS) for s in stored])
     await store.close()
     env = {"DATA_DIR": str(tmp_path / "data")}
@@ -168,11 +158,11 @@ async def test_prune_dry_run_on_the_embedded_store(tmp_path):
 
 async def test_tasks_show_lists_n_tasks_or_one_in_full(tmp_path):
     from app.store.sqlite import SqliteTaskStore
-    from tests.store.test_contract import new_task
+    from tests.support.tasks import add_all, new_task
 
     store = SqliteTaskStore(tmp_path / "data" / "tasks.db")
     await store.open()
-    stored = await store.add([new_task(n, priority=n) for n in range(5)])
+    stored = await add_all(store, [new_task(n, priority=n) for n in range(5)])
     await store.close()
     env = {"DATA_DIR": str(tmp_path / "data")}
     listing = run_cli("tasks", "show", "3", env=env, cwd=tmp_path)
@@ -194,6 +184,11 @@ async def test_tasks_show_lists_n_tasks_or_one_in_full(tmp_path):
     }
     missing = run_cli("tasks", "show", "recNOPE", env=env, cwd=tmp_path)
     assert missing.returncode == 1 and "not_found" in missing.stdout
+    for target in ("²", "١٢"):  # str.isdigit() takes them, int() or a record id does not: a clear refusal, no traceback
+        odd = run_cli("tasks", "show", target, env=env, cwd=tmp_path)
+        assert odd.returncode == 2, odd.stdout + odd.stderr
+        assert "neither a number of tasks nor a record id" in " ".join(odd.stdout.split())
+        assert "Traceback" not in odd.stdout + odd.stderr
 
 
 @pytest.mark.broker

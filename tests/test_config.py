@@ -1,3 +1,5 @@
+"""Settings: defaults, the store chosen by what is set, bad values named, .env read, secrets hidden."""
+
 import pytest
 
 from app.config import ConfigError, StoreKind, load_settings

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import run_to_end
+from tests.support.processes import run_to_end
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ import pytest
 from fastapi import FastAPI
 
 from app.config import load_settings
-from tests import processes
+from tests.support import processes
 
 ROOT = processes.ROOT
 DOCKERFILE = ROOT / "Dockerfile"

@@ -12,11 +12,11 @@ from app.doctor import StartupRefused, Status, exit_code, run_doctor
 from app.doctor.feishu import feishu_checks
 from app.main import create_app
 from app.store.bitable import BitableTaskStore
-from tests.brokers import declare_workers_queue
-from tests.conftest import bitable_settings, make_settings
 from tests.feishu.emulator import DEFAULT_FIELDS
-from tests.feishu.fixtures import APP_TOKEN, TABLE_ID
-from tests.test_cli import run_cli
+from tests.support.brokers import declare_workers_queue
+from tests.support.cli import run_cli
+from tests.support.feishu import APP_TOKEN, TABLE_ID
+from tests.support.settings import bitable_settings, make_settings
 
 BOT = "hook-doctor"
 BOT_SECRET = "bot-secret"
@@ -187,7 +187,7 @@ async def test_a_queue_without_a_maximum_ignores_priorities(feishu, tmp_path, ra
 
 
 async def test_an_unreachable_broker_is_named(tmp_path):
-    from tests.processes import free_port
+    from tests.support.processes import free_port
 
     url = f"amqp://guest:secret-pw@127.0.0.1:{free_port()}//"
     checks = await doctor(make_settings(tmp_path / "data", celery_broker_url=url, broker_timeout_seconds=1))

@@ -3,9 +3,9 @@
 import httpx
 import pytest
 
-from tests.brokers import declare_workers_queue
-from tests.feishu.fixtures import APP_TOKEN, TABLE_ID
-from tests.processes import free_port, running_service, service_process, wait_until, worker_process
+from tests.support.brokers import declare_workers_queue
+from tests.support.feishu import APP_TOKEN, TABLE_ID
+from tests.support.processes import free_port, running_service, service_process, wait_until, worker_process
 
 pytestmark = pytest.mark.slow
 

@@ -1,3 +1,5 @@
+"""The identifier: sha256 of canonical JSON, key order ignored, DEDUP_KEYS honoured, bad values refused."""
+
 import hashlib
 import json
 

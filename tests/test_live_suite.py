@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from tests.feishu.fixtures import APP_TOKEN, TABLE_ID
-from tests.live.conftest import LIVE
-from tests.processes import ROOT
+from tests.support.feishu import APP_TOKEN, TABLE_ID
+from tests.support.modes import LIVE
+from tests.support.processes import ROOT
 
 pytestmark = pytest.mark.skipif(LIVE, reason="runs the live suite itself: not inside it")
 

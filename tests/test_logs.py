@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from app.logs import Redactor, configure_logging
 from app.main import create_app
-from tests.conftest import bitable_settings
+from tests.support.settings import bitable_settings
 
 API_KEY = "scraper-key-5f1c9e0d"
 BOT_SECRET = "bot-secret-a8d2c"
@@ -77,7 +77,7 @@ def test_the_redactor_knows_each_shape_of_secret(text, leak):
 
 
 def test_an_exception_traceback_is_redacted_too(captured, tmp_path):
-    from tests.conftest import make_settings
+    from tests.support.settings import make_settings
 
     configure_logging(make_settings(tmp_path, api_keys="very-secret-key-1"), captured)
     try:
@@ -98,7 +98,7 @@ HOSTILE = FORGED + UNSAFE
 def test_a_hostile_request_path_stays_on_one_escaped_line(tmp_path, captured, monkeypatch, log_format):
     from urllib.parse import quote
 
-    from tests.conftest import make_settings
+    from tests.support.settings import make_settings
 
     settings = make_settings(tmp_path / "data", log_format=log_format)
     monkeypatch.setattr("app.main.configure_logging", lambda s: configure_logging(s, captured))

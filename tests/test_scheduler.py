@@ -1,3 +1,5 @@
+"""The timer: one job per interval, a first run at start when asked, one scheduler per DATA_DIR."""
+
 import asyncio
 from datetime import UTC, datetime, timedelta
 
@@ -5,19 +7,19 @@ import httpx
 
 from app.errors import Conflict
 from app.scheduler import JOB_ID, ReplenishScheduler
-from tests.conftest import make_settings
-from tests.processes import service_process
+from tests.support.processes import service_process
+from tests.support.settings import make_settings
 
 
-class CountingService:
-    """Stands in for TaskService: the scheduler only ever calls replenish()."""
+class CountingCycle:
+    """Stands in for ReplenishCycle: the scheduler only ever calls run()."""
 
     def __init__(self, busy: bool = False):
         self.calls = 0
         self.busy = busy
         self.called = asyncio.Event()
 
-    async def replenish(self):
+    async def run(self):
         self.calls += 1
         self.called.set()
         if self.busy:
@@ -25,7 +27,7 @@ class CountingService:
 
 
 async def test_the_job_runs_every_interval_one_at_a_time_with_a_long_misfire_grace(tmp_path):
-    scheduler = ReplenishScheduler(CountingService(), make_settings(tmp_path))
+    scheduler = ReplenishScheduler(CountingCycle(), make_settings(tmp_path))
     assert scheduler.start() and scheduler.owner
     job = scheduler._scheduler.get_job(JOB_ID)
     assert job.trigger.interval == timedelta(hours=4)
@@ -36,23 +38,23 @@ async def test_the_job_runs_every_interval_one_at_a_time_with_a_long_misfire_gra
 
 
 async def test_replenish_on_startup_runs_a_cycle_at_once(tmp_path):
-    service = CountingService(busy=True)  # a busy cycle is logged, not raised
-    scheduler = ReplenishScheduler(service, make_settings(tmp_path, replenish_on_startup=True))
+    cycle = CountingCycle(busy=True)  # a busy cycle is logged, not raised
+    scheduler = ReplenishScheduler(cycle, make_settings(tmp_path, replenish_on_startup=True))
     scheduler.start()
-    await asyncio.wait_for(service.called.wait(), timeout=10)
-    assert service.calls == 1
+    await asyncio.wait_for(cycle.called.wait(), timeout=10)
+    assert cycle.calls == 1
     scheduler.shutdown()
 
 
 async def test_scheduler_enabled_false_starts_nothing(tmp_path):
-    scheduler = ReplenishScheduler(CountingService(), make_settings(tmp_path, scheduler_enabled=False))
+    scheduler = ReplenishScheduler(CountingCycle(), make_settings(tmp_path, scheduler_enabled=False))
     assert not scheduler.start()
     assert (scheduler.owner, scheduler.next_run_time()) == (False, None)
 
 
 async def test_only_one_scheduler_per_data_dir(tmp_path):
-    first = ReplenishScheduler(CountingService(), make_settings(tmp_path))
-    second = ReplenishScheduler(CountingService(), make_settings(tmp_path))
+    first = ReplenishScheduler(CountingCycle(), make_settings(tmp_path))
+    second = ReplenishScheduler(CountingCycle(), make_settings(tmp_path))
     assert first.start()
     assert not second.start()
     first.shutdown()

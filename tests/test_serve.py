@@ -8,7 +8,7 @@ import sys
 import httpx
 import pytest
 
-from tests import processes
+from tests.support import processes
 
 SECRET = "serve-secret-key-4e7b1c"
 

@@ -1,0 +1,1 @@
+"""The HTTP routes, thin: each one calls the service and shapes its answer."""

@@ -1,9 +1,17 @@
+"""Every error answer's body, built here: service errors, partial results, failed cycles and FastAPI's own."""
+
+from typing import TypeVar
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import ServiceError
+from app.models import PartlyStored, ReplenishReport
+
+T = TypeVar("T")
+CYCLE_RETRY_AFTER = "30"  # seconds: a failed cycle is a broker or store outage, not a busy file
 
 # an unexpected error is answered by RequestIdMiddleware, which logs it with its request id
 UNEXPECTED = (500, "internal_error", "unexpected error; see the service log")
@@ -17,7 +25,24 @@ def error_response(
 
 
 def service_error_response(exc: ServiceError) -> JSONResponse:
-    return error_response(exc.status_code, exc.error, exc.detail, exc.headers, **exc.extra)
+    return error_response(exc.status_code, exc.error, exc.detail, exc.headers)
+
+
+def stored_or_503(result: T | PartlyStored) -> T | JSONResponse:
+    """A request that stores tasks: its answer, or the 503 saying per payload what landed (`items`)."""
+    if not isinstance(result, PartlyStored):
+        return result
+    error = result.error
+    return error_response(error.status_code, error.error, result.detail, error.headers, items=result.items)
+
+
+def report_or_503(report: ReplenishReport) -> ReplenishReport | JSONResponse:
+    """A cycle's report, or the 503 naming what stopped it, with the report attached."""
+    if report.outcome != "failed":
+        return report
+    headers = {"Retry-After": CYCLE_RETRY_AFTER}
+    body = {"report": report.model_dump(mode="json")}
+    return error_response(503, report.error_code or "internal_error", report.error or "", headers, **body)
 
 
 async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:

@@ -1,3 +1,5 @@
+"""The ASGI guard in front of every route: API key and body size checked before the body is read."""
+
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send

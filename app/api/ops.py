@@ -1,3 +1,5 @@
+"""Operations routes: the cycle on demand, stats, and the probes (/healthz, /readyz, /metrics)."""
+
 import asyncio
 from typing import Annotated
 
@@ -5,10 +7,11 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.api.deps import ServiceDep
+from app.api.deps import CycleDep, ServiceDep
+from app.api.errors import report_or_503
 from app.api.security import require_api_key
 from app.api.tasks import ERRORS
-from app.errors import CycleFailed, ServiceError
+from app.errors import ServiceError
 from app.models import ReplenishReport, StatsOut
 
 router = APIRouter(tags=["operations"], dependencies=[Depends(require_api_key)])
@@ -18,13 +21,10 @@ PROBE_TIMEOUT_SECONDS = 5
 
 @router.post("/api/replenish", response_model=ReplenishReport, responses=ERRORS)
 async def replenish(
-    service: ServiceDep, dry_run: Annotated[bool, Query(description="report what would be claimed")] = False
-) -> ReplenishReport:
+    cycle: CycleDep, dry_run: Annotated[bool, Query(description="report what would be claimed")] = False
+) -> ReplenishReport | JSONResponse:
     """Run the replenish cycle now and answer its report (409 while another cycle runs; 503 when it failed)."""
-    report = await service.replenish(dry_run=dry_run)
-    if report.outcome == "failed":
-        raise CycleFailed(report.error_code or "internal_error", report.error or "", report.model_dump(mode="json"))
-    return report
+    return report_or_503(await cycle.run(dry_run=dry_run))
 
 
 @router.get("/api/stats", response_model=StatsOut, responses=ERRORS)

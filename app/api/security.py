@@ -1,3 +1,5 @@
+"""API keys: X-API-Key or a bearer token, compared in constant time; 401 when API_KEYS is set and none matches."""
+
 import hmac
 from typing import Annotated
 

@@ -1,11 +1,16 @@
+"""The task routes: parse, call the service, shape the answer."""
+
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query
+from fastapi.responses import JSONResponse
 from starlette.convertors import StringConvertor, register_url_convertor
 
 from app.api.deps import ServiceDep
+from app.api.errors import stored_or_503
 from app.api.security import require_api_key
 from app.models import (
+    RECORD_ID_PATTERN,
     BulkStatusUpdate,
     ErrorOut,
     IngestResponse,
@@ -28,7 +33,7 @@ class RecordIdConvertor(StringConvertor):
 
 register_url_convertor("record_id", RecordIdConvertor())
 
-RecordId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The task's record id")]
+RecordId = Annotated[str, Path(pattern=RECORD_ID_PATTERN, description="The task's record id")]
 Payloads = Annotated[list[dict[str, Any]], Body(description="Task payloads: a JSON list of objects")]
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut} for code in (400, 401, 404, 409, 413, 422, 502, 503)
@@ -40,9 +45,9 @@ async def ingest(
     service: ServiceDep,
     payloads: Payloads,
     priority: Annotated[int | None, Query(ge=-1_000_000, le=1_000_000)] = None,
-) -> IngestResponse:
+) -> IngestResponse | JSONResponse:
     """Store new tasks as PENDING; payloads seen before are reported as duplicates."""
-    return await service.ingest_tasks(payloads, priority)
+    return stored_or_503(await service.ingest_tasks(payloads, priority))
 
 
 @router.post("/priority-queue", response_model=PriorityResponse, responses=ERRORS)
@@ -50,9 +55,9 @@ async def priority_queue(
     service: ServiceDep,
     payloads: Payloads,
     force: Annotated[bool, Query(description="publish again tasks already queued or finished")] = False,
-) -> PriorityResponse:
+) -> PriorityResponse | JSONResponse:
     """Send urgent tasks straight to the queue at high priority; new ones are stored first."""
-    return await service.push_priority(payloads, force=force)
+    return stored_or_503(await service.push_priority(payloads, force=force))
 
 
 @router.post("/update-status", response_model=UpdateStatusResponse, responses=ERRORS)

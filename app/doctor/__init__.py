@@ -14,6 +14,7 @@ from app.config import ConfigError, Settings, StoreKind
 from app.doctor.bot import bot_checks
 from app.doctor.checks import Check, Status, fail, ok, warn
 from app.doctor.queue import broker_checks
+from app.paths import DOCTOR_PROBE_PREFIX, DataDir
 
 __all__ = ["Check", "StartupRefused", "Status", "exit_code", "run_doctor", "startup_checks"]
 
@@ -59,7 +60,7 @@ async def _checks(settings: Settings, *, startup: bool, send_test_card: bool) ->
 
 
 async def _sqlite_checks(settings: Settings) -> list[Check]:
-    return [ok("store", f"the embedded SQLite store at {settings.data_dir / 'tasks.db'}")]
+    return [ok("store", f"the embedded SQLite store at {DataDir(settings.data_dir).tasks_db}")]
 
 
 def _settings_check(settings: Settings) -> Check:
@@ -74,7 +75,7 @@ def data_dir_check(settings: Settings) -> Check:
     folder = settings.data_dir
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".doctor-") as probe:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=DOCTOR_PROBE_PREFIX) as probe:
             probe.write(b"ok")
             probe.flush()
     except OSError as exc:

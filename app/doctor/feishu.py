@@ -11,7 +11,8 @@ from typing import Any
 
 from app.doctor.checks import Check, fail, ok, skip, warn
 from app.errors import CredentialsRejected, QuotaExhausted, ServiceError, StoreRejected
-from app.store.bitable import OPTIONAL, REQUIRED, BitableTaskStore
+from app.store.bitable import BitableTaskStore
+from app.store.columns import OPTIONAL, REQUIRED
 from app.store.feishu import FeishuTable
 
 TYPE_NAMES = {1: "text", 2: "number", 3: "single select", 5: "date"}

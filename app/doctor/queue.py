@@ -18,6 +18,7 @@ from kombu.exceptions import KombuError
 from app.broker import make_celery
 from app.config import Settings
 from app.doctor.checks import Check, fail, ok, skip, warn
+from app.paths import DataDir
 
 _CURRENT = re.compile(r"x-max-priority'.*current is (?:the value )?'(\d+)'")
 _NO_QUEUE = "queue_missing"
@@ -31,7 +32,7 @@ async def broker_checks(settings: Settings, *, probe_max_priority: bool) -> list
     scheme = settings.broker_scheme
     if scheme == "filesystem":
         return [
-            ok("broker", f"the embedded broker under {settings.data_dir / 'broker'} (no server)"),
+            ok("broker", f"the embedded broker under {DataDir(settings.data_dir).broker} (no server)"),
             skip("queue.priorities", "the embedded broker has no priorities"),
         ]
     found = await asyncio.to_thread(_look, settings, probe_max_priority and scheme == "amqp")

@@ -1,4 +1,7 @@
+"""The task stores: the port, its two adapters, and the one chosen by the settings."""
+
 from app.config import Settings, StoreKind
+from app.paths import DataDir
 from app.store.base import TaskStore
 
 
@@ -9,7 +12,7 @@ def build_store(settings: Settings) -> TaskStore:
         return BitableTaskStore.from_settings(settings)
     from app.store.sqlite import SqliteTaskStore
 
-    return SqliteTaskStore(settings.data_dir / "tasks.db")
+    return SqliteTaskStore(DataDir(settings.data_dir).tasks_db)
 
 
 __all__ = ["TaskStore", "build_store"]

@@ -1,8 +1,10 @@
+"""The task pool's port: what every store (Bitable, SQLite) offers the service."""
+
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
-from app.models import NewTask, StatusChange, Stored, TaskPage, TaskRecord, TaskStatus
+from app.models import Added, NewTask, StatusChange, TaskPage, TaskRecord, TaskStatus
 
 
 class TaskStore(Protocol):
@@ -16,11 +18,11 @@ class TaskStore(Protocol):
     async def check(self) -> None:
         """Raise StoreUnavailable/StoreRejected unless the store answers (Bitable: token and table access)."""
 
-    async def add(self, tasks: Sequence[NewTask]) -> list[Stored]:
+    async def add(self, tasks: Sequence[NewTask]) -> Added:
         """Store the tasks whose identifiers were never seen; one `Stored` per task, in order.
 
-        Dedup is atomic across concurrent calls. On `StoreUnavailable`, its `stored` lists the
-        `Stored` entries that are certain, so the caller can tell the client what landed.
+        Dedup is atomic across concurrent calls. An unreachable store is answered, not raised: `Added.error`
+        says why, and `Added.stored` holds only the entries that are certain, so the caller can say what landed.
         """
 
     async def lookup(self, identifiers: Sequence[str]) -> dict[str, str | None]:

@@ -1,3 +1,5 @@
+"""The identifier index: every identifier written to one Bitable table, in SQLite, for dedup without a call."""
+
 import logging
 import sqlite3
 import threading
@@ -6,7 +8,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 
-from app.store.records import SqliteFile, chunked, local_storage
+from app.store.chunks import chunked
+from app.store.sqlite_file import SqliteFile, local_storage
 
 # `writing` stays small and apart: a durable reservation then dirties a few pages, not one per key scattered
 # over a million-row tree (the sha256 keys are random)

@@ -1,3 +1,5 @@
+"""The task pool in one SQLite file under DATA_DIR: the embedded default, no account, no server."""
+
 import asyncio
 import json
 import re
@@ -10,9 +12,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
-from app.errors import InvalidInput
-from app.models import NewTask, StatusChange, Stored, TaskPage, TaskRecord, TaskStatus
-from app.store.records import SqliteFile, chunked, from_ms, local_storage, now_ms, to_ms
+from app.errors import InvalidInput, StoreUnavailable
+from app.models import Added, NewTask, StatusChange, Stored, TaskPage, TaskRecord, TaskStatus
+from app.store.chunks import chunked
+from app.store.sqlite_file import SqliteFile, local_storage
+from app.store.timestamps import from_ms, now_ms, to_ms
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -95,12 +99,15 @@ class SqliteTaskStore:
                 found.setdefault(identifier, None)
         return found
 
-    async def add(self, tasks: Sequence[NewTask]) -> list[Stored]:
+    async def add(self, tasks: Sequence[NewTask]) -> Added:
         waiter = asyncio.get_running_loop().create_future()
         self._waiting.append((tasks, waiter))
         if self._committer is None:
             self._committer = asyncio.create_task(self._commit_waiting())
-        return await waiter
+        try:
+            return Added(await waiter)
+        except StoreUnavailable as exc:  # the group is one transaction: nothing of it landed
+            return Added([], exc)
 
     async def _commit_waiting(self) -> None:
         """Commit what waits, in one transaction; calls that arrive meanwhile go in the next one."""

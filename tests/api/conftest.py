@@ -1,10 +1,12 @@
+"""API fixtures: a TestClient on the embedded store (`client`) and on the emulated Bitable (`bitable_client`)."""
+
 from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.conftest import bitable_settings, make_settings
+from tests.support.settings import bitable_settings, make_settings
 
 
 @pytest.fixture

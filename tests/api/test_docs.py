@@ -27,7 +27,7 @@ def test_docs_load_every_asset_from_the_service(client: TestClient):
 
 def test_docs_stay_open_when_api_keys_are_set(tmp_path):
     from app.main import create_app
-    from tests.conftest import make_settings
+    from tests.support.settings import make_settings
 
     with TestClient(create_app(make_settings(tmp_path / "data", api_keys="k1"))) as client:
         page = client.get("/docs")

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from app.logs import configure_logging
 from app.main import create_app
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 
 def test_a_page_token_of_non_ascii_digits_is_a_422(client):

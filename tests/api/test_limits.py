@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from app.main import create_app
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 KEY = "limits-key-0123456789"
 LIMIT = 4096

@@ -5,7 +5,7 @@ from fastapi.testclient import TestClient
 
 from app.locks import FileLock
 from app.main import create_app
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 
 def ingest(client, payloads, **params):

@@ -1,9 +1,11 @@
+"""/healthz, /readyz and /metrics: readiness names the part that is down; the metrics count what the service did."""
+
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
-from tests.conftest import bitable_settings, make_settings
-from tests.processes import free_port
+from tests.support.processes import free_port
+from tests.support.settings import bitable_settings, make_settings
 
 
 def samples(client) -> dict[tuple[str, tuple], float]:

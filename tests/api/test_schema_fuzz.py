@@ -11,7 +11,7 @@ from schemathesis.checks import not_a_server_error
 
 from app.main import create_app
 from app.service import TaskService
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 # `@schema.parametrize()` needs the schema when tests are collected, so it is read from an app that is not started.
 # (`schemathesis.pytest.from_fixture` would read it from the fixture, but schemathesis 4.32 sets `Node._nodeid`,

@@ -1,10 +1,12 @@
+"""API keys: every /api route needs one when API_KEYS is set; probes, metrics and docs stay open."""
+
 import logging
 
 import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 
 KEYS = "key-one-0123456789,key-two-9876543210"
 

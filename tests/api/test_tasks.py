@@ -1,3 +1,5 @@
+"""The task routes on the embedded store: ingest, dedup, status updates, and their 4xx answers."""
+
 import json
 
 import pytest
@@ -85,7 +87,7 @@ def test_too_many_tasks_is_a_413(tmp_path):
     from fastapi.testclient import TestClient
 
     from app.main import create_app
-    from tests.conftest import make_settings
+    from tests.support.settings import make_settings
 
     with TestClient(create_app(make_settings(tmp_path, store="sqlite", max_tasks_per_request=3))) as small:
         body = assert_error(ingest(small, [{"n": n} for n in range(4)]), 413, "too_many_tasks")

@@ -2,7 +2,7 @@
 
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.feishu.fixtures import APP_TOKEN, TABLE_ID
+from tests.support.feishu import APP_TOKEN, TABLE_ID
 
 
 def test_a_thousand_tasks_cost_one_write_call(bitable_client, feishu):

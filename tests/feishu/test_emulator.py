@@ -42,8 +42,8 @@ from lark_oapi.api.bitable.v1 import (
 from lark_oapi.core.exception import ObtainAccessTokenException
 
 from tests.feishu.emulator import BOT_SUCCESS, FeishuEmulator, bot_sign
-from tests.feishu.fixtures import APP_TOKEN, TABLE_ID, clear_token_cache, lark_client
-from tests.processes import stop
+from tests.support.feishu import APP_TOKEN, TABLE_ID, clear_token_cache, lark_client
+from tests.support.processes import stop
 
 UTC8 = timezone(timedelta(hours=8))
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,12 +17,13 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
-from app.store.bitable import BitableTaskStore, setup_columns
+from app.store.bitable import BitableTaskStore
+from app.store.chunks import chunked
+from app.store.columns import setup_columns
 from app.store.feishu import FeishuTable
-from app.store.records import chunked
-from tests.conftest import bitable_settings, make_settings
+from tests.support.modes import LIVE
+from tests.support.settings import bitable_settings, make_settings
 
-LIVE = os.environ.get("TEST_LIVE") == "1"
 NEEDED = ("FEISHU_APP_ID", "FEISHU_APP_SECRET", "FEISHU_BITABLE_APP_TOKEN", "FEISHU_BITABLE_TABLE_ID")
 OPTIONAL = ("FEISHU_DOMAIN", "FEISHU_ROBOT_WEBHOOK_URL", "FEISHU_ROBOT_SECRET")
 # read once at import: the root conftest clears every setting from the environment around each test
@@ -83,7 +84,7 @@ def live_table_ready(tmp_path_factory: pytest.TempPathFactory) -> None:
         pytest.skip(f"FEISHU_BITABLE_TABLE_ID has {rows} rows: the live suite needs an empty table of its own")
 
 
-# the settings of the emulator's table that tests/conftest.py:bitable_settings fills in
+# the settings of the emulator's table that tests/support/settings.py:bitable_settings fills in
 _SETTINGS_OF_A_TABLE = {
     "store",
     "feishu_app_id",

@@ -2,13 +2,13 @@
 
 import logging
 
-from app.store.bitable import IDENTIFIER
-from tests.store.test_contract import new_task
+from app.store.columns import IDENTIFIER
+from tests.support.tasks import add_all, new_task
 
 
 async def test_contains_is_a_substring_test_on_text(store):
     """The index rebuild splits the table by `contains` / `doesNotContain` on digit pairs of the identifier."""
-    stored = await store.add([new_task(n, live="contains") for n in range(6)])
+    stored = await add_all(store, [new_task(n, live="contains") for n in range(6)])
     one = stored[0].identifier
     middle = one[20:30]
     others = [s.identifier for s in stored[1:] if middle not in s.identifier]
@@ -26,6 +26,6 @@ async def test_contains_is_a_substring_test_on_text(store):
 
 async def test_the_index_rebuilds_parts_add_up_to_the_table(store, caplog):
     caplog.set_level(logging.WARNING)
-    await store.add([new_task(n, live="parts") for n in range(40)])
+    await add_all(store, [new_task(n, live="parts") for n in range(40)])
     assert await store.reindex() == 40
     assert not [r for r in caplog.records if "reading it whole" in r.getMessage()]

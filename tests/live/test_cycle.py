@@ -1,16 +1,17 @@
 """One replenish cycle on the target's table and the embedded broker: ingest, pick, lease recovery, claim,
 publish; then prune. Lease recovery (on by default) and prune send the date filters Feishu is strictest about."""
 
-from app.main import running_service
+from app.main import running_services
 from app.models import BulkStatusUpdate, TaskStatus
 
 
 async def test_a_cycle_with_lease_recovery_claims_and_publishes_then_prune_removes_finished_rows(target, tmp_path):
     settings = target.settings(tmp_path / "data", lease_timeout_hours=24, replenish_threshold=100)
-    async with running_service(settings) as service:
+    async with running_services(settings) as services:
+        service = services.tasks
         ingested = await service.ingest_tasks([{"live": n} for n in range(5)])
         assert ingested.created == 5
-        report = await service.replenish()
+        report = await services.cycle.run()
         assert (report.outcome, report.published, report.failed) == ("published", 5, 0)
         assert report.depth_after == 5  # the embedded broker's queue holds them
         ids = [item.record_id for item in ingested.items]

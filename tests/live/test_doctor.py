@@ -6,7 +6,7 @@ import pytest
 
 from app.doctor import Status, exit_code, run_doctor
 from app.store.bitable import BitableTaskStore
-from tests.feishu.fixtures import clear_token_cache
+from tests.support.feishu import clear_token_cache
 
 
 async def checks_for(settings):

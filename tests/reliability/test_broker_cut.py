@@ -33,17 +33,18 @@ from kombu import Connection
 from kombu.exceptions import KombuError
 
 from app.broker import CeleryPublisher
+from app.claims import ClaimJournal
+from app.main import Services, wire
 from app.models import TaskStatus
 from app.service import TaskService
 from app.store.bitable import BitableTaskStore
-from app.store.journal import ClaimJournal
 from app.store.sqlite import SqliteTaskStore
-from tests.brokers import declare_workers_queue, passive_declare, workers_queue
-from tests.conftest import bitable_settings, make_settings
-from tests.fakes import RecordingNotifier
-from tests.feishu.fixtures import APP_TOKEN, TABLE_ID
-from tests.reliability.conftest import size
-from tests.reliability.tcp_proxy import TcpProxy
+from tests.support.brokers import declare_workers_queue, passive_declare, workers_queue
+from tests.support.fakes import RecordingNotifier
+from tests.support.feishu import APP_TOKEN, TABLE_ID
+from tests.support.modes import size
+from tests.support.settings import bitable_settings, make_settings
+from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.broker
 
@@ -69,7 +70,7 @@ def payloads(start: int, stop: int) -> list[dict[str, Any]]:
 
 @dataclass
 class Stack:
-    service: TaskService
+    services: Services
     journal: ClaimJournal
     notifier: RecordingNotifier
     rows: Callable[[], dict[str, tuple[str, int]]]  # record id → (status, attempts), read behind the service
@@ -89,7 +90,7 @@ def proxy() -> Iterator[TcpProxy]:
 
 @pytest.fixture(params=["sqlite", "bitable"])
 async def stack(request, tmp_path: Path, rabbit_url: str, queue_name: str, proxy: TcpProxy) -> AsyncIterator[Stack]:
-    """A TaskService on a real store, publishing through the proxy to a queue the workers declared on RabbitMQ."""
+    """The services on a real store, publishing through the proxy to a queue the workers declared on RabbitMQ."""
     declare_workers_queue(rabbit_url, queue_name, 10)
     data_dir = tmp_path / "data"
     broker = {
@@ -112,8 +113,8 @@ async def stack(request, tmp_path: Path, rabbit_url: str, queue_name: str, proxy
     journal = ClaimJournal(data_dir / "claims.db")
     journal.open()
     notifier = RecordingNotifier()
-    service = TaskService(store, settings, publisher=publisher, notifier=notifier, journal=journal)
-    yield Stack(service, journal, notifier, rows)
+    services = wire(store, settings, publisher=publisher, notifier=notifier, journal=journal)
+    yield Stack(services, journal, notifier, rows)
     proxy.resume()
     proxy.heal()  # let the publisher close its connection cleanly
     journal.close()
@@ -176,14 +177,14 @@ def arm(proxy: TcpProxy, cut: str) -> None:
 async def test_a_cut_mid_publish_leaves_no_row_processing_without_a_message(
     stack: Stack, proxy: TcpProxy, rabbit_url: str, queue_name: str, cut: str, request
 ):
-    service = stack.service
+    service, cycle = stack.services.tasks, stack.services.cycle
     await ingest(service, N)
     everyone = set(stack.rows())
     assert len(everyone) == N
 
     arm(proxy, cut)
     started = time.perf_counter()
-    report = await service.replenish()
+    report = await cycle.run()
     cycle_seconds = time.perf_counter() - started
 
     # the cut fell where its name says, while the batch was being published
@@ -219,7 +220,7 @@ async def test_a_cut_mid_publish_leaves_no_row_processing_without_a_message(
     # the broker comes back: the next cycle sends what was put back, and nothing is PROCESSING without a message
     proxy.heal()
     started = time.perf_counter()
-    again = await service.replenish()
+    again = await cycle.run()
     heal_seconds = time.perf_counter() - started
     assert (again.outcome, again.claimed, again.published, again.failed) == ("published", len(pending), len(pending), 0)
     second = take_messages(rabbit_url, queue_name, must_include=pending)
@@ -276,10 +277,10 @@ async def test_a_broker_that_stops_answering_mid_publish_does_not_hold_the_cycle
 ):
     """Not a cut: the connection stays open and the broker just stops answering, after half the batch went out."""
     count = 20
-    await ingest(stack.service, count)
+    await ingest(stack.services.tasks, count)
     proxy.stall_after(messages_client_to_server=count // 2)
     started = time.perf_counter()
-    cycle = asyncio.ensure_future(stack.service.replenish())
+    cycle = asyncio.ensure_future(stack.services.cycle.run())
     done, _ = await asyncio.wait({cycle}, timeout=STALL_BOUND)
     waited = time.perf_counter() - started
     proxy.resume()  # the broker answers again; whatever the cycle still waits for arrives

@@ -23,10 +23,10 @@ import httpx
 import pytest
 
 from tests.feishu.emulator import FeishuEmulator
-from tests.feishu.fixtures import APP_ID, APP_SECRET, APP_TOKEN, TABLE_ID, clear_token_cache
-from tests.processes import running_service, wait_until
-from tests.reliability.conftest import size
-from tests.reliability.test_ingest_faults import identifier, make_payload
+from tests.support.feishu import APP_ID, APP_SECRET, APP_TOKEN, TABLE_ID, clear_token_cache
+from tests.support.modes import size
+from tests.support.processes import running_service, wait_until
+from tests.support.tasks import identifier, make_payload
 
 REQUEST_SIZE = 1_000
 OVERLAP = 100  # each request repeats this many payloads of the one before it

@@ -36,19 +36,20 @@ import pytest
 from kombu import Connection
 
 from app.broker import CeleryPublisher
+from app.claims import ClaimJournal
 from app.errors import StoreUnavailable
+from app.main import Services, wire
 from app.models import ReplenishReport, StatusChange, TaskStatus
 from app.notify import FeishuBot
 from app.service import TaskService
 from app.store.bitable import BitableTaskStore
-from app.store.journal import ClaimJournal
-from app.store.records import from_ms
-from tests.brokers import declare_workers_queue, passive_declare, workers_queue
-from tests.conftest import bitable_settings
-from tests.feishu.fixtures import APP_TOKEN, TABLE_ID
-from tests.processes import free_port
-from tests.reliability.conftest import size
-from tests.reliability.tcp_proxy import TcpProxy
+from app.store.timestamps import from_ms
+from tests.support.brokers import declare_workers_queue, passive_declare, workers_queue
+from tests.support.feishu import APP_TOKEN, TABLE_ID
+from tests.support.modes import size
+from tests.support.processes import free_port
+from tests.support.settings import bitable_settings
+from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.broker
 
@@ -58,7 +59,7 @@ HOOK = "hook"
 
 @dataclass
 class Stack:
-    service: TaskService
+    services: Services
     journal: ClaimJournal
     closers: list[Callable[[], Any]] = field(default_factory=list)
     closed: bool = False
@@ -82,7 +83,7 @@ def proxy() -> Iterator[TcpProxy]:
 
 @pytest.fixture
 async def make_stack(feishu, tmp_path: Path, rabbit_url: str, queue_name: str) -> AsyncIterator[Callable]:
-    """Builds a TaskService (Bitable store, CeleryPublisher, FeishuBot, journal) on one DATA_DIR; a second one
+    """Builds the services (Bitable store, CeleryPublisher, FeishuBot, journal) on one DATA_DIR; a second one
     built on the same DATA_DIR is the service after a restart."""
     declare_workers_queue(rabbit_url, queue_name, 10)  # the workers' app owns the queue
     feishu.add_bot(HOOK)
@@ -104,8 +105,8 @@ async def make_stack(feishu, tmp_path: Path, rabbit_url: str, queue_name: str) -
         bot = FeishuBot(settings.feishu_robot_webhook_url, timeout=5)
         journal = ClaimJournal(settings.data_dir / "claims.db")
         journal.open()
-        service = TaskService(store, settings, publisher=publisher, notifier=bot, journal=journal)
-        stacks.append(Stack(service, journal, [store.close, publisher.close, bot.close, journal.close]))
+        services = wire(store, settings, publisher=publisher, notifier=bot, journal=journal)
+        stacks.append(Stack(services, journal, [store.close, publisher.close, bot.close, journal.close]))
         return stacks[-1]
 
     yield build
@@ -165,11 +166,11 @@ async def test_feishu_refusing_the_claim_publishes_nothing_and_leaves_nothing_pr
     make_stack, feishu, rabbit_url, queue_name
 ):
     stack = await make_stack()
-    everyone = await ingest(stack.service)
+    everyone = await ingest(stack.services.tasks)
     feishu.add_fault("server_error", "batch_update")  # no `times`: Feishu stays down
 
     for _ in range(2):  # the cycle, and the next one while Feishu is still down
-        report = await stack.service.replenish()
+        report = await stack.services.cycle.run()
         assert report.outcome == "failed" and "batch_update" in report.error
         assert (report.claimed, report.published) == (0, 0)
         assert passive_declare(rabbit_url, queue_name)[0] == 0  # no message
@@ -180,7 +181,7 @@ async def test_feishu_refusing_the_claim_publishes_nothing_and_leaves_nothing_pr
         assert card_colours(feishu)[-1] == "red"
 
     feishu.clear_faults()
-    report = await stack.service.replenish()
+    report = await stack.services.cycle.run()
     messages = take_messages(rabbit_url, queue_name, must_include=everyone)
     assert_published_once_each(report, feishu, messages, everyone)
     assert stack.journal.unsettled() == []
@@ -195,11 +196,11 @@ async def test_a_claim_whose_answer_was_lost_is_put_back_before_anything_else(
     make_stack, feishu, rabbit_url, queue_name, caplog, recovery
 ):
     stack = await make_stack()
-    everyone = await ingest(stack.service)
+    everyone = await ingest(stack.services.tasks)
     feishu.add_fault("lost_answer", "batch_update", times=1)  # the claim is applied, its answer never comes
     feishu.add_fault("server_error", "batch_update")  # and every retry fails: Feishu is down
 
-    report = await stack.service.replenish()
+    report = await stack.services.cycle.run()
     assert report.outcome == "failed" and "batch_update" in report.error
     # the window the journal covers: every row PROCESSING, no message, every claim held as unpublished
     assert with_status(feishu, "PROCESSING") == everyone
@@ -207,29 +208,29 @@ async def test_a_claim_whose_answer_was_lost_is_put_back_before_anything_else(
     claims = stack.journal.unsettled()
     assert {c.record_id for c in claims} == everyone and not any(c.published for c in claims)
 
-    caplog.set_level(logging.WARNING, logger="app.service")
+    caplog.set_level(logging.WARNING, logger="app.dispatch")
     if recovery == "next_cycle":
-        service = stack.service
+        current = stack
         feishu.clear_faults()
     else:
         await stack.close()  # the process goes away; the journal file stays in DATA_DIR
         restarted = await make_stack()
-        service = restarted.service
+        current = restarted
         # start-up settles first; Feishu is still down, so the put-back fails and the journal keeps every claim
         with pytest.raises(StoreUnavailable):
-            await service.settle_claims()
+            await current.services.dispatcher.settle_claims()
         assert {c.record_id for c in restarted.journal.unsettled()} == everyone
         assert with_status(feishu, "PROCESSING") == everyone
         feishu.clear_faults()
-        assert await service.settle_claims() == N  # what start-up does once Feishu answers
+        assert await current.services.dispatcher.settle_claims() == N  # what start-up does once Feishu answers
         assert rows(feishu) == dict.fromkeys(everyone, ("PENDING", 0))  # the claim undone, its attempt too
         assert restarted.journal.unsettled() == []
 
-    report = await service.replenish()
+    report = await current.services.cycle.run()
     messages = take_messages(rabbit_url, queue_name, must_include=everyone)
     assert_published_once_each(report, feishu, messages, everyone)
     assert all(attempts == 1 for _, attempts in rows(feishu).values())  # put back before the new claim
-    assert service.journal.unsettled() == []
+    assert current.journal.unsettled() == []
     assert any(f"put {N} claimed-but-unpublished tasks back to PENDING" in r.getMessage() for r in caplog.records)
 
 
@@ -240,14 +241,14 @@ async def test_a_failed_put_back_after_a_failed_publish_is_settled_by_the_next_c
     make_stack, feishu, proxy, rabbit_url, queue_name
 ):
     stack = await make_stack(broker_url=proxy.amqp_url())
-    everyone = await ingest(stack.service)
+    everyone = await ingest(stack.services.tasks)
     half = N // 2
     # the connection goes after the half-th message reached the broker (its confirm never comes back), and
     # Feishu goes down at that same instant: the claim has landed, the put-back of the unsent rows cannot
     proxy.on_cut = lambda: feishu.add_fault("server_error", "batch_update")
     proxy.cut_after(messages_client_to_server=half)
 
-    report = await stack.service.replenish()
+    report = await stack.services.cycle.run()
     assert proxy.cuts == 1 and proxy.messages_at_cut == half
     proxy.wait_settled()
     first = take_messages(rabbit_url, queue_name, must_include=set())
@@ -264,7 +265,7 @@ async def test_a_failed_put_back_after_a_failed_publish_is_settled_by_the_next_c
 
     proxy.heal()
     feishu.clear_faults()
-    report = await stack.service.replenish()
+    report = await stack.services.cycle.run()
     assert (report.outcome, report.claimed, report.published, report.failed) == ("published",) + (
         len(unpublished),
     ) * 2 + (0,)
@@ -279,11 +280,11 @@ async def test_a_failed_put_back_after_a_failed_publish_is_settled_by_the_next_c
 
 async def test_a_cycle_whose_put_back_fails_still_reports_what_it_published(make_stack, feishu, proxy):
     stack = await make_stack(broker_url=proxy.amqp_url())
-    await ingest(stack.service)
+    await ingest(stack.services.tasks)
     half = N // 2
     proxy.on_cut = lambda: feishu.add_fault("server_error", "batch_update")
     proxy.cut_after(messages_client_to_server=half)
-    report = await stack.service.replenish()
+    report = await stack.services.cycle.run()
     assert report.outcome == "failed"
     assert (report.claimed, report.published, report.failed) == (N, half - 1, N - half + 1)
 
@@ -298,11 +299,11 @@ async def test_a_dead_bot_does_not_stop_the_cycle(make_stack, feishu, rabbit_url
     else:
         stack = await make_stack()
         feishu.add_fault("server_error" if bot == "server_error" else "lost_answer", "bot")
-    everyone = await ingest(stack.service)
+    everyone = await ingest(stack.services.tasks)
     caplog.set_level(logging.WARNING, logger="app.notify")
 
     started = time.perf_counter()
-    report = await stack.service.replenish()
+    report = await stack.services.cycle.run()
     elapsed = time.perf_counter() - started
 
     messages = take_messages(rabbit_url, queue_name, must_include=everyone)
@@ -320,11 +321,11 @@ async def test_http_200_transient_codes_and_read_conflicts_still_publish_each_ta
     make_stack, feishu, rabbit_url, queue_name
 ):
     stack = await make_stack()
-    everyone = await ingest(stack.service)
+    everyone = await ingest(stack.services.tasks)
     # a quarter of the tasks claimed three days ago whose message was lost: lease recovery puts them back
     stale = sorted(everyone)[: N // 4]
     claimed_long_ago = int((time.time() - 3 * 86_400) * 1000)
-    await stack.service.store.update(
+    await stack.services.tasks.store.update(
         [StatusChange(rid, TaskStatus.PROCESSING, claimed_at=from_ms(claimed_long_ago), attempts=1) for rid in stale]
     )
     feishu.read_conflicts = True
@@ -334,7 +335,7 @@ async def test_http_200_transient_codes_and_read_conflicts_still_publish_each_ta
     feishu.add_fault("1255001", "batch_update", times=1)
     feishu.add_fault("99991668", "search", times=1)
 
-    reports = [await stack.service.replenish() for _ in range(2)]  # the second picks up the leases put back
+    reports = [await stack.services.cycle.run() for _ in range(2)]  # the second picks up the leases put back
     messages = take_messages(rabbit_url, queue_name, must_include=everyone)
     assert [r.outcome for r in reports] == ["published", "published"], [r.error for r in reports]
     assert reports[0].lease_requeued == len(stale)
@@ -354,10 +355,10 @@ async def test_an_exhausted_quota_fails_the_cycle_with_a_red_card_that_says_so(
     make_stack, feishu, rabbit_url, queue_name
 ):
     stack = await make_stack()
-    everyone = await ingest(stack.service)
+    everyone = await ingest(stack.services.tasks)
     feishu.monthly_quota = 0
     feishu.reset_calls()
-    report = await stack.service.replenish()
+    report = await stack.services.cycle.run()
     assert report.outcome == "failed" and "quota for this tenant is used up" in report.error
     assert (report.claimed, report.published) == (0, 0)
     # each read tried once, none retried: the cycle's reads and nothing else

@@ -5,7 +5,6 @@ documents: on 503 they wait `Retry-After` seconds and send the same request agai
 exactly one row per distinct payload, and each row's Payload is that payload.
 """
 
-import hashlib
 import json
 import random
 import time
@@ -20,9 +19,10 @@ import httpx
 import pytest
 
 from tests.feishu.emulator import BITABLE_ENDPOINTS, FeishuEmulator
-from tests.feishu.fixtures import APP_ID, APP_SECRET, APP_TOKEN, TABLE_ID, clear_token_cache
-from tests.processes import service_process
-from tests.reliability.conftest import size
+from tests.support.feishu import APP_ID, APP_SECRET, APP_TOKEN, TABLE_ID, clear_token_cache
+from tests.support.modes import size
+from tests.support.processes import service_process
+from tests.support.tasks import identifier, make_payload
 
 CLIENTS = 5
 COPIES = 3  # every payload is sent in this many requests, each from a different client
@@ -74,21 +74,6 @@ RANDOM_FAULTS = [
 REQUIRED_FAILURES = {
     *("99991400", "1254291", "1254607", "1255001", "1254002", "1255002", "None", "99991663", "99991664", "dropped")
 }
-
-
-def identifier(payload: dict[str, Any]) -> str:
-    """The contract's identifier, computed independently of app/identity.py."""
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-def make_payload(n: int, rng: random.Random) -> dict[str, Any]:
-    return {
-        "alpha": f"rank(ts_delta(close, {n}))",
-        "region": rng.choice(["USA", "CHN", "EUR", "ASI"]),
-        "settings": {"decay": n % 7, "neutralization": rng.choice(["MARKET", "SECTOR"]), "名称": f"α-{n}"},
-        "n": n,
-    }
 
 
 def reordered(payload: dict[str, Any]) -> dict[str, Any]:

@@ -35,9 +35,9 @@ from pathlib import Path
 import httpx
 
 from bench.bench_coalescing import service_env
-from tests.feishu.fixtures import APP_TOKEN, TABLE_ID
-from tests.processes import service_process
-from tests.reliability.conftest import FULL, size
+from tests.support.feishu import APP_TOKEN, TABLE_ID
+from tests.support.modes import FULL, size
+from tests.support.processes import service_process
 
 CLIENTS = 50
 DURATION = size(8, 60)  # seconds of load

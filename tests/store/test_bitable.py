@@ -12,14 +12,16 @@ import pytest
 
 from app.errors import QuotaExhausted, StoreRejected, StoreUnavailable
 from app.models import StatusChange, TaskStatus
-from app.store import bitable as bitable_module
-from app.store.bitable import BitableTaskStore, setup_columns
+from app.store import rebuild
+from app.store.bitable import BitableTaskStore
+from app.store.columns import COLUMNS, setup_columns
 from app.store.feishu import FeishuTable, create_body
 from app.store.index import State
-from app.store.records import to_ms
-from tests.conftest import bitable_settings
-from tests.feishu.fixtures import APP_TOKEN, TABLE_ID
-from tests.store.test_contract import new_task
+from app.store.searches import find_identifiers
+from app.store.timestamps import to_ms
+from tests.support.feishu import APP_TOKEN, TABLE_ID
+from tests.support.settings import bitable_settings
+from tests.support.tasks import add_all, new_task
 
 TRANSIENT_FAULTS = ["rate_limit", "conflict", "not_ready", "too_many", "timeout_code", "server_error", "html_502"]
 
@@ -41,10 +43,10 @@ def reads(emu) -> int:
 async def test_two_thousand_new_payloads_in_two_requests_cost_two_writes_and_no_reads(bitable_store, feishu):
     feishu.reset_calls()
     for start in (0, 1_000):
-        stored = await bitable_store.add([new_task(n) for n in range(start, start + 1_000)])
+        stored = await add_all(bitable_store, [new_task(n) for n in range(start, start + 1_000)])
         assert all(s.created for s in stored)
     assert (writes(feishu), reads(feishu)) == (2, 0)
-    again = await bitable_store.add([new_task(n) for n in range(0, 2_000, 7)])
+    again = await add_all(bitable_store, [new_task(n) for n in range(0, 2_000, 7)])
     assert not any(s.created for s in again)
     assert (writes(feishu), reads(feishu)) == (2, 0)
     assert len(feishu.rows(APP_TOKEN, TABLE_ID)) == 2_000
@@ -53,7 +55,7 @@ async def test_two_thousand_new_payloads_in_two_requests_cost_two_writes_and_no_
 async def test_concurrent_requests_are_coalesced_into_one_write(feishu, tmp_path):
     store = await open_store(feishu, tmp_path, feishu_write_linger_ms=50)
     feishu.reset_calls()
-    await asyncio.gather(*(store.add([new_task(c * 100 + n) for n in range(40)]) for c in range(8)))
+    await asyncio.gather(*(add_all(store, [new_task(c * 100 + n) for n in range(40)]) for c in range(8)))
     assert feishu.count("batch_create") == 1
     assert len(feishu.rows(APP_TOKEN, TABLE_ID)) == 320
     await store.close()
@@ -61,10 +63,10 @@ async def test_concurrent_requests_are_coalesced_into_one_write(feishu, tmp_path
 
 async def test_writes_never_overlap_on_the_table(feishu, tmp_path):
     store = await open_store(feishu, tmp_path, feishu_write_linger_ms=0)
-    (first,) = await store.add([new_task(0)])
+    (first,) = await add_all(store, [new_task(0)])
     feishu.latency = 0.05
     await asyncio.gather(
-        *(store.add([new_task(c * 100 + n) for n in range(1, 5)]) for c in range(5)),
+        *(add_all(store, [new_task(c * 100 + n) for n in range(1, 5)]) for c in range(5)),
         *(store.update([StatusChange(first.record_id, TaskStatus.PENDING)]) for _ in range(3)),
     )
     assert feishu.count(code=1254291) == 0
@@ -75,9 +77,9 @@ async def test_writes_never_overlap_on_the_table(feishu, tmp_path):
 
 async def test_rows_queued_for_the_writer_go_before_a_status_update(feishu, tmp_path):
     store = await open_store(feishu, tmp_path, feishu_write_linger_ms=50)
-    claimed = await store.add([new_task(n) for n in range(3)])
+    claimed = await add_all(store, [new_task(n) for n in range(3)])
     feishu.reset_calls()
-    ingest = asyncio.create_task(store.add([new_task(n) for n in range(3, 6)]))
+    ingest = asyncio.create_task(add_all(store, [new_task(n) for n in range(3, 6)]))
     await asyncio.sleep(0)  # its rows are queued; the writer lingers for more before it takes them
     await store.update([StatusChange(s.record_id, TaskStatus.PROCESSING, attempts=1) for s in claimed])
     assert all(s.created for s in await ingest)
@@ -90,7 +92,7 @@ async def test_the_next_batch_is_reserved_while_a_write_is_in_flight(feishu, tmp
     feishu.reset_calls()
     feishu.latency = 1.0  # a wide window: the second batch must be ready long before the first write answers
     first, second = ([new_task(n) for n in range(start, start + 1_000)] for start in (0, 1_000))
-    adds = asyncio.gather(store.add(first), store.add(second))
+    adds = asyncio.gather(add_all(store, first), add_all(store, second))
     second_ids = [task.identifier for task in second]
     while len(store.index.lookup(second_ids)) < len(second_ids):  # all WRITING: reserved, ready to send
         assert feishu.count("batch_create") == 0, "the second batch was prepared only after the first write answered"
@@ -105,63 +107,22 @@ async def test_small_requests_arriving_during_a_write_wait_for_it_and_share_the_
     store = await open_store(feishu, tmp_path, feishu_write_linger_ms=10, feishu_write_max_wait_ms=50)
     feishu.reset_calls()
     feishu.latency = 1.0  # the small requests all arrive while the first write is in flight
-    first = asyncio.create_task(store.add([new_task(n) for n in range(1_000)]))
+    first = asyncio.create_task(add_all(store, [new_task(n) for n in range(1_000)]))
     small = []
     for c in range(8):
         await asyncio.sleep(0.02)  # spread out: each gap is longer than the linger and wait of a batch
-        small.append(asyncio.create_task(store.add([new_task(1_000 + c * 40 + n) for n in range(40)])))
+        small.append(asyncio.create_task(add_all(store, [new_task(1_000 + c * 40 + n) for n in range(40)])))
     await asyncio.gather(first, *small)
     assert [c.n_records for c in feishu.calls if c.endpoint == "batch_create"] == [1_000, 320]
     await store.close()
-
-
-async def test_an_answered_write_is_not_held_behind_a_status_update_waiting_for_the_table(feishu, tmp_path):
-    store = await open_store(feishu, tmp_path, feishu_write_linger_ms=0, feishu_retry_base_seconds=0.3)
-    (claimed,) = await store.add([new_task(99_999)])
-    feishu.latency = 0.2
-    feishu.add_fault("server_error", endpoint="batch_update", times=2)  # the update holds the table ~1 s
-    started = store._turn  # set when the next write starts
-    first = asyncio.create_task(store.add([new_task(n) for n in range(1_000)]))
-    await started.wait()  # its write is in flight, nothing else queued
-    update = asyncio.create_task(store.update([StatusChange(claimed.record_id, TaskStatus.PROCESSING)]))
-    await asyncio.sleep(0)  # it waits for the table
-    second = asyncio.create_task(store.add([new_task(n) for n in range(1_000, 2_000)]))  # ready, behind the update
-    done, _ = await asyncio.wait({first, update}, return_when=asyncio.FIRST_COMPLETED)
-    assert done == {first}, "the first ingest's answer waited for the update"
-    await asyncio.gather(update, second)
-    await store.close()
-
-
-async def test_after_a_stream_of_full_batches_a_lone_request_waits_only_the_linger(feishu, tmp_path):
-    store = await open_store(feishu, tmp_path, feishu_write_linger_ms=10, feishu_write_max_wait_ms=10_000)
-    feishu.latency = 0.1
-    started = store._turn  # set when the next write starts
-    first = asyncio.create_task(store.add([new_task(n) for n in range(1_000)]))
-    await started.wait()
-    # a stream: these arrive while a write is in flight, and go as full batches
-    await asyncio.gather(first, *(store.add([new_task(r * 1_000 + n) for n in range(1_000)]) for r in (1, 2)))
-    # a batch held open for the stream's max_wait would take 10 s
-    await asyncio.wait_for(store.add([new_task(5_000)]), timeout=5)
-    await store.close()
-
-
-async def test_close_answers_the_requests_still_waiting_as_unavailable(feishu, tmp_path):
-    store = await open_store(feishu, tmp_path, feishu_write_linger_ms=0)
-    feishu.latency = 0.5
-    started = store._turn  # set when the next write starts
-    waiting = asyncio.create_task(store.add([new_task(n) for n in range(3)]))
-    await started.wait()
-    await store.close()
-    with pytest.raises(StoreUnavailable):  # not left waiting for good; its rows are reconciled at the next start
-        await asyncio.wait_for(waiting, timeout=5)
 
 
 async def test_a_request_that_hangs_up_leaves_the_write_it_shares_to_the_others(feishu, tmp_path):
     store = await open_store(feishu, tmp_path, feishu_write_linger_ms=0)
     feishu.latency = 0.2
     tasks = [new_task(n) for n in range(5)]
-    leaving = asyncio.create_task(store.add(tasks))
-    staying = asyncio.create_task(store.add(tasks))
+    leaving = asyncio.create_task(add_all(store, tasks))
+    staying = asyncio.create_task(add_all(store, tasks))
     await asyncio.sleep(0)  # both have queued or joined the rows and wait on the same write
     leaving.cancel()
     stored = await staying
@@ -174,7 +135,7 @@ async def test_a_request_that_hangs_up_leaves_the_write_it_shares_to_the_others(
 @pytest.mark.parametrize("fault", TRANSIENT_FAULTS)
 async def test_transient_faults_are_retried_until_the_write_lands_once(bitable_store, feishu, fault):
     feishu.add_fault(fault, endpoint="batch_create", times=2)
-    stored = await bitable_store.add([new_task(n) for n in range(10)])
+    stored = await add_all(bitable_store, [new_task(n) for n in range(10)])
     assert all(s.created for s in stored)
     assert len(feishu.rows(APP_TOKEN, TABLE_ID)) == 10
 
@@ -183,7 +144,7 @@ async def test_transient_faults_are_retried_until_the_write_lands_once(bitable_s
 async def test_a_lost_answer_is_retried_with_the_same_client_token_and_stores_once(bitable_store, feishu, answer):
     feishu.repeat_token_answer = answer
     feishu.add_fault("lost_answer", endpoint="batch_create", times=1)
-    stored = await bitable_store.add([new_task(n) for n in range(10)])
+    stored = await add_all(bitable_store, [new_task(n) for n in range(10)])
     rows = feishu.rows(APP_TOKEN, TABLE_ID)
     assert len(rows) == 10
     assert {s.record_id for s in stored} == set(rows)
@@ -200,7 +161,7 @@ HTTP_200_TRANSIENT = ["failed", "1255001", "1255002", "1255003", "1255004", "125
 @pytest.mark.parametrize("fault", HTTP_200_TRANSIENT)
 async def test_http_200_transient_codes_are_retried_with_the_same_client_token(bitable_store, feishu, fault, landed):
     feishu.add_fault(fault, endpoint="batch_create", times=1, landed=landed)
-    stored = await bitable_store.add([new_task(n) for n in range(10)])
+    stored = await add_all(bitable_store, [new_task(n) for n in range(10)])
     rows = feishu.rows(APP_TOKEN, TABLE_ID)
     assert len(rows) == 10 and {s.record_id for s in stored} == set(rows)
     assert all(s.created for s in stored)
@@ -214,7 +175,7 @@ async def test_a_create_that_landed_but_was_answered_1254002_is_looked_up_not_wr
     feishu.repeat_token_answer = answer
     feishu.add_fault("failed", endpoint="batch_create", times=1, landed=True)
     feishu.reset_calls()
-    stored = await bitable_store.add([new_task(n) for n in range(10)])
+    stored = await add_all(bitable_store, [new_task(n) for n in range(10)])
     rows = feishu.rows(APP_TOKEN, TABLE_ID)
     assert len(rows) == 10 and {s.record_id for s in stored} == set(rows)
     assert all(s.created for s in stored)
@@ -227,7 +188,7 @@ async def test_a_create_that_landed_but_was_answered_1254002_is_looked_up_not_wr
 async def test_a_refused_token_is_fetched_again_and_the_call_sent_again(bitable_store, feishu, code):
     tokens_before = feishu.count("token")
     feishu.add_fault(code, endpoint="batch_create", times=1)
-    await bitable_store.add([new_task(1)])
+    await add_all(bitable_store, [new_task(1)])
     assert feishu.count("batch_create", code=int(code)) == 1
     assert feishu.count("token") == tokens_before + 1
     assert len(feishu.rows(APP_TOKEN, TABLE_ID)) == 1
@@ -237,19 +198,19 @@ async def test_an_exhausted_quota_is_a_named_error_that_nothing_retries(bitable_
     feishu.monthly_quota = 0
     feishu.reset_calls()
     with pytest.raises(QuotaExhausted, match="quota"):
-        await bitable_store.add([new_task(1)])
+        await add_all(bitable_store, [new_task(1)])
     with pytest.raises(QuotaExhausted):
         await bitable_store.pending(10)
     with pytest.raises(QuotaExhausted):
         await bitable_store.check()
     assert (feishu.count("batch_create"), feishu.count("search"), feishu.count("fields_list")) == (1, 1, 1)
     feishu.monthly_quota = None  # the new month: the reserved row is looked up, then written once
-    (stored,) = await bitable_store.add([new_task(1)])
+    (stored,) = await add_all(bitable_store, [new_task(1)])
     assert stored.created and list(feishu.rows(APP_TOKEN, TABLE_ID)) == [stored.record_id]
 
 
 async def test_a_page_too_large_to_send_is_read_again_in_smaller_pages(bitable_store, feishu):
-    stored = await bitable_store.add([new_task(n, blob="x" * 2_000) for n in range(40)])
+    stored = await add_all(bitable_store, [new_task(n, blob="x" * 2_000) for n in range(40)])
     feishu.max_response_bytes = 30_000  # about 12 of these rows
     feishu.reset_calls()
     assert len(await bitable_store.pending(40)) == 40
@@ -260,7 +221,7 @@ async def test_a_page_too_large_to_send_is_read_again_in_smaller_pages(bitable_s
 
 
 async def test_prune_deletes_the_rest_when_a_delete_names_a_row_already_gone(bitable_store, feishu):
-    stored = await bitable_store.add([new_task(n) for n in range(5)])
+    stored = await add_all(bitable_store, [new_task(n) for n in range(5)])
     await bitable_store.update([StatusChange(s.record_id, TaskStatus.SUCCESS) for s in stored])
     feishu.insert_rows(APP_TOKEN, TABLE_ID, [{"Status": "PENDING"}])
     # the first try lands unanswered; its retry names rows that are gone, and Feishu refuses the batch whole
@@ -273,11 +234,11 @@ async def test_prune_deletes_the_rest_when_a_delete_names_a_row_already_gone(bit
 async def test_reads_wait_for_a_write_in_flight_instead_of_meeting_a_conflict(bitable_store, feishu):
     feishu.read_conflicts = True
     feishu.latency = 0.05
-    stored = await bitable_store.add([new_task(n) for n in range(5)])
+    stored = await add_all(bitable_store, [new_task(n) for n in range(5)])
     changes = [StatusChange(s.record_id, TaskStatus.PROCESSING, attempts=1) for s in stored]
     feishu.reset_calls()
     await asyncio.gather(
-        *(bitable_store.add([new_task(100 + n)]) for n in range(5)),
+        *(add_all(bitable_store, [new_task(100 + n)]) for n in range(5)),
         bitable_store.update(changes),
         *(bitable_store.page(TaskStatus.PENDING, 10, None) for _ in range(3)),
         bitable_store.get([s.record_id for s in stored]),
@@ -292,15 +253,15 @@ async def test_a_refusal_that_is_not_a_validation_code_neither_splits_nor_drops_
     feishu.add_fault("1254041", endpoint="batch_create", times=1)  # not about the rows: the table is not found
     feishu.reset_calls()
     results = await asyncio.gather(
-        store.add([new_task(n) for n in range(3)]),
-        store.add([new_task(n) for n in range(3, 6)]),
+        add_all(store, [new_task(n) for n in range(3)]),
+        add_all(store, [new_task(n) for n in range(3, 6)]),
         return_exceptions=True,
     )
     assert all(isinstance(r, StoreRejected) for r in results)
     assert feishu.count("batch_create") == 1  # not split into one write per request
     identifiers = [new_task(n).identifier for n in range(6)]
     assert {e.state for e in store.index.lookup(identifiers).values()} == {State.WRITING}  # kept, looked up if resent
-    stored = await store.add([new_task(n) for n in range(6)])
+    stored = await add_all(store, [new_task(n) for n in range(6)])
     assert all(s.created for s in stored) and len(feishu.rows(APP_TOKEN, TABLE_ID)) == 6
     await store.close()
 
@@ -308,7 +269,7 @@ async def test_a_refusal_that_is_not_a_validation_code_neither_splits_nor_drops_
 async def test_the_rate_limit_reset_header_is_honoured(bitable_store, feishu):
     feishu.add_fault("rate_limit", endpoint="batch_create", times=1)
     started = time.monotonic()
-    await bitable_store.add([new_task(1)])
+    await add_all(bitable_store, [new_task(1)])
     first, second = (c for c in feishu.calls if c.endpoint == "batch_create")
     assert second.t_start - first.t_end >= 1.0  # the emulator's x-ogw-ratelimit-reset is 1 second
     assert time.monotonic() - started >= 1.0
@@ -317,7 +278,7 @@ async def test_the_rate_limit_reset_header_is_honoured(bitable_store, feishu):
 async def test_an_expired_token_is_fetched_again(bitable_store, feishu):
     feishu.expire_tokens()
     tokens_before = feishu.count("token")
-    await bitable_store.add([new_task(1)])
+    await add_all(bitable_store, [new_task(1)])
     assert feishu.count("batch_create", code=99991663) == 1
     assert feishu.count("token") == tokens_before + 1
     assert len(feishu.rows(APP_TOKEN, TABLE_ID)) == 1
@@ -325,17 +286,17 @@ async def test_an_expired_token_is_fetched_again(bitable_store, feishu):
 
 async def test_feishu_down_then_back_stores_each_task_exactly_once(feishu, tmp_path):
     store = await open_store(feishu, tmp_path, feishu_retry_attempts=3)
-    await store.add([new_task(0)])
+    await add_all(store, [new_task(0)])
     feishu.add_fault("lost_answer", endpoint="batch_create", times=1)  # the first try lands, unanswered
     feishu.add_fault("server_error", endpoint="batch_create")
-    with pytest.raises(StoreUnavailable) as raised:
-        await store.add([new_task(0), new_task(1), new_task(2)])
-    assert raised.value.status_code == 503 and raised.value.retry_after >= 1
-    assert [(s.identifier, s.created) for s in raised.value.stored] == [(new_task(0).identifier, False)]
+    added = await store.add([new_task(0), new_task(1), new_task(2)])
+    assert isinstance(added.error, StoreUnavailable)
+    assert added.error.status_code == 503 and added.error.retry_after >= 1
+    assert [(s.identifier, s.created) for s in added.stored] == [(new_task(0).identifier, False)]
     assert {e.state for e in store.index.lookup([new_task(1).identifier]).values()} == {State.WRITING}
     feishu.clear_faults()
     feishu.reset_calls()
-    again = await store.add([new_task(0), new_task(1), new_task(2), new_task(3)])
+    again = await add_all(store, [new_task(0), new_task(1), new_task(2), new_task(3)])
     assert [s.created for s in again] == [False, False, False, True]
     assert feishu.count("search") >= 1  # the unconfirmed ones were looked up, not written blindly
     assert len(feishu.rows(APP_TOKEN, TABLE_ID)) == 4
@@ -346,15 +307,14 @@ async def test_a_crash_between_write_and_index_is_reconciled_at_start(feishu, tm
     store = await open_store(feishu, tmp_path)
     landed, lost = new_task(1), new_task(2)
     store.index.mark_writing([landed.identifier, lost.identifier])
-    await store.table.batch_create(
-        create_body([store._row(landed, 0)]), client_token="c3f4a2d8-0000-4000-8000-000000000001"
-    )
+    row = {"Identifier": landed.identifier, "Status": "PENDING", "Payload": landed.canonical, "CreatedAt": 0}
+    await store.table.batch_create(create_body([row]), client_token="c3f4a2d8-0000-4000-8000-000000000001")
     await store.close()  # "crash": the index still says WRITING for both
     store = await open_store(feishu, tmp_path)
     entries = store.index.lookup([landed.identifier, lost.identifier])
     assert entries[landed.identifier].state is State.STORED
     assert lost.identifier not in entries
-    stored = await store.add([landed, lost])
+    stored = await add_all(store, [landed, lost])
     assert [s.created for s in stored] == [False, True]
     assert len(feishu.rows(APP_TOKEN, TABLE_ID)) == 2
     await store.close()
@@ -362,13 +322,13 @@ async def test_a_crash_between_write_and_index_is_reconciled_at_start(feishu, tm
 
 async def test_the_index_is_rebuilt_from_the_table_when_data_dir_is_wiped(feishu, tmp_path):
     store = await open_store(feishu, tmp_path / "first")
-    await store.add([new_task(n) for n in range(1_203)])
+    await add_all(store, [new_task(n) for n in range(1_203)])
     await store.close()
     feishu.reset_calls()
     store = await open_store(feishu, tmp_path / "wiped")
     searches = [c for c in feishu.calls if c.endpoint == "search"]
     assert len(searches) == 4 + 1  # four parts read at once, each under 500 rows, and the count they must match
-    stored = await store.add([new_task(n) for n in range(0, 1_301, 50)])
+    stored = await add_all(store, [new_task(n) for n in range(0, 1_301, 50)])
     assert sum(s.created for s in stored) == 2  # 1,250 and 1,300 are new
     assert len(feishu.rows(APP_TOKEN, TABLE_ID)) == 1_205
     await store.close()
@@ -402,9 +362,9 @@ async def test_the_rebuild_parts_search_under_the_rate_limit(feishu, tmp_path):
 async def test_parts_that_miss_rows_are_caught_and_the_table_is_read_whole(feishu, tmp_path, monkeypatch, caplog):
     identifiers = [hashlib.sha256(str(n).encode()).hexdigest() for n in range(1_200)]
     feishu.insert_rows(APP_TOKEN, TABLE_ID, [{"Identifier": i} for i in identifiers])
-    partial = bitable_module._reindex_parts()[:2]  # as if Feishu's `contains` matched fewer rows than a substring test
-    monkeypatch.setattr(bitable_module, "_reindex_parts", lambda: partial)
-    with caplog.at_level(logging.WARNING, logger="app.store.bitable"):
+    partial = rebuild.index_parts()[:2]  # as if Feishu's `contains` matched fewer rows than a substring test
+    monkeypatch.setattr(rebuild, "index_parts", lambda: partial)
+    with caplog.at_level(logging.WARNING, logger="app.store.rebuild"):
         store = await open_store(feishu, tmp_path)
     assert store.index.count() == len(identifiers)
     assert "reading it whole" in caplog.text
@@ -417,8 +377,8 @@ async def test_a_permanent_refusal_fails_only_the_request_that_caused_it(feishu,
     feishu.start()
     store = await open_store(feishu, tmp_path, feishu_bitable_table_id="tblMIRROR", feishu_write_linger_ms=50)
     feishu.add_fault("conflict", endpoint="batch_create", times=1)
-    good = store.add([new_task(n) for n in range(5)])
-    bad = store.add([new_task(99, Region="x" * 100_001)])
+    good = add_all(store, [new_task(n) for n in range(5)])
+    bad = add_all(store, [new_task(99, Region="x" * 100_001)])
     results = await asyncio.gather(good, bad, return_exceptions=True)
     assert isinstance(results[1], StoreRejected)
     assert all(s.created for s in results[0])
@@ -438,8 +398,8 @@ async def test_mirror_columns_get_matching_payload_keys(feishu, tmp_path):
     feishu.add_table(APP_TOKEN, "tblM", fields)
     store = await open_store(feishu, tmp_path, feishu_bitable_table_id="tblM")
     payload = {"region": "USA", "score": 1.5, "title": 42, "due": 1_700_000_000_000, "other": "kept in Payload"}
-    (stored,) = await store.add([new_task(1, **payload)])
-    (bad,) = await store.add([new_task(2, region=["a"], score="high", due="tomorrow")])
+    (stored,) = await add_all(store, [new_task(1, **payload)])
+    (bad,) = await add_all(store, [new_task(2, region=["a"], score="high", due="tomorrow")])
     rows = feishu.rows(APP_TOKEN, "tblM")
     assert {k: rows[stored.record_id][k] for k in ("region", "score", "title", "due")} == {
         "region": "USA",
@@ -477,14 +437,14 @@ async def test_missing_optional_columns_warn_once_and_switch_their_features_off(
     store = await open_store(feishu, tmp_path, feishu_bitable_table_id="tblMin")
     warnings = [r for r in caplog.records if "optional columns" in r.getMessage()]
     assert len(warnings) == 1 and "Priority, Attempts, ClaimedAt" in warnings[0].getMessage()
-    (stored,) = await store.add([new_task(1, priority=5)])
+    (stored,) = await add_all(store, [new_task(1, priority=5)])
     await store.update([StatusChange(stored.record_id, TaskStatus.PROCESSING, attempts=1)])
     assert set(feishu.rows(APP_TOKEN, "tblMin")[stored.record_id]) == {"Identifier", "Status", "Payload", "CreatedAt"}
     await store.close()
 
 
 async def test_updating_unknown_ids_falls_back_to_a_lookup_and_updates_the_rest(bitable_store, feishu):
-    stored = await bitable_store.add([new_task(n) for n in range(3)])
+    stored = await add_all(bitable_store, [new_task(n) for n in range(3)])
     feishu.reset_calls()
     ids = [s.record_id for s in stored]
     not_found = await bitable_store.update([StatusChange(i, TaskStatus.SUCCESS) for i in [*ids, "recGONE0000000000"]])
@@ -568,14 +528,14 @@ async def test_filter_shapes_names_every_search_the_store_sends(bitable_store, f
         return await search(**kwargs)
 
     monkeypatch.setattr(bitable_store.table, "search", recording)
-    stored = await bitable_store.add([new_task(n) for n in range(3)])
+    stored = await add_all(bitable_store, [new_task(n) for n in range(3)])
     await bitable_store.pending(10)
     await bitable_store.processing(datetime.now(UTC))
     await bitable_store.page(TaskStatus.PENDING, 1, None)
     await bitable_store.page(None, 10, None)
     await bitable_store.prune(TaskStatus.SUCCESS, datetime.now(UTC))
     await bitable_store.reindex()
-    assert await bitable_store._find_identifiers([s.identifier for s in stored])
+    assert await find_identifiers(bitable_store.table, [s.identifier for s in stored])
     shapes = {_shape(s): name for name, s in bitable_store.filter_shapes().items()}
     unnamed = [s for s in sent if _shape(s) not in shapes]
     assert not unnamed, f"searches filter_shapes() does not name: {unnamed}"
@@ -603,7 +563,7 @@ async def test_setup_columns_creates_dates_with_their_time_of_day(feishu):
     feishu.add_table(APP_TOKEN, "tblNew", [("Name", 1)])
     table = FeishuTable.build(feishu.app_id, feishu.app_secret, APP_TOKEN, "tblNew", feishu.url, timeout=5)
     created, wrong = await setup_columns(table)
-    assert set(created) == set(bitable_module.COLUMNS) and wrong == []
+    assert set(created) == set(COLUMNS) and wrong == []
     fields = {f["field_name"]: f for f in await _fields_json(feishu, "tblNew")}
     for name in ("CreatedAt", "ClaimedAt"):
         assert fields[name]["property"]["date_formatter"] == "yyyy/MM/dd HH:mm"

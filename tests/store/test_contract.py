@@ -6,17 +6,12 @@ from datetime import UTC, datetime
 import pytest
 
 from app.errors import InvalidInput
-from app.identity import canonical_json, task_identifier
-from app.models import NewTask, StatusChange, TaskStatus
-
-
-def new_task(n: int, priority: int | None = None, **extra) -> NewTask:
-    payload = {"n": n, **extra}
-    return NewTask(task_identifier(payload), payload, canonical_json(payload), priority)
+from app.models import StatusChange, TaskStatus
+from tests.support.tasks import add_all, new_task
 
 
 async def test_add_creates_pending_records_readable_by_id(store):
-    stored = await store.add([new_task(1, priority=7), new_task(2)])
+    stored = await add_all(store, [new_task(1, priority=7), new_task(2)])
     assert [s.created for s in stored] == [True, True]
     assert all(s.record_id for s in stored)
     records = await store.get([s.record_id for s in stored])
@@ -31,16 +26,26 @@ async def test_add_creates_pending_records_readable_by_id(store):
 
 
 async def test_add_skips_identifiers_seen_before(store):
-    first = await store.add([new_task(1), new_task(2)])
-    again = await store.add([new_task(2), new_task(3)])
+    first = await add_all(store, [new_task(1), new_task(2)])
+    again = await add_all(store, [new_task(2), new_task(3)])
     assert [s.created for s in again] == [False, True]
     assert again[0].record_id == first[1].record_id
     assert (await store.lookup([first[0].identifier, "0" * 64])) == {first[0].identifier: first[0].record_id}
 
 
+async def test_add_answers_a_value_in_task_order_with_no_error_when_every_task_landed(store):
+    await add_all(store, [new_task(1)])
+    added = await store.add([new_task(2), new_task(1)])
+    assert added.error is None
+    assert [(s.identifier, s.created) for s in added.stored] == [
+        (new_task(2).identifier, True),
+        (new_task(1).identifier, False),
+    ]
+
+
 async def test_concurrent_adds_store_each_identifier_once(store):
     batches = [[new_task(n) for n in range(start, start + 30)] for start in range(0, 100, 10)]
-    results = await asyncio.gather(*(store.add(batch) for batch in batches))
+    results = await asyncio.gather(*(add_all(store, batch) for batch in batches))
     by_identifier: dict[str, set[str]] = {}
     created = {}
     for stored in (s for batch in results for s in batch):
@@ -54,7 +59,7 @@ async def test_concurrent_adds_store_each_identifier_once(store):
 
 
 async def test_update_applies_known_ids_and_reports_the_rest(store):
-    stored = await store.add([new_task(1), new_task(2)])
+    stored = await add_all(store, [new_task(1), new_task(2)])
     a, b = (s.record_id for s in stored)
     not_found = await store.update(
         [StatusChange(a, TaskStatus.SUCCESS), StatusChange("recMISSING00000", TaskStatus.FAILED)]
@@ -66,7 +71,7 @@ async def test_update_applies_known_ids_and_reports_the_rest(store):
 
 
 async def test_update_writes_claim_fields(store):
-    (stored,) = await store.add([new_task(1)])
+    (stored,) = await add_all(store, [new_task(1)])
     claimed_at = datetime(2026, 11, 1, 12, 30, tzinfo=UTC)
     await store.update([StatusChange(stored.record_id, TaskStatus.PROCESSING, claimed_at=claimed_at, attempts=2)])
     record = (await store.get([stored.record_id]))[stored.record_id]
@@ -80,7 +85,7 @@ async def test_get_ignores_unknown_ids(store):
 
 
 async def test_page_filters_by_status_and_pages_through_everything(store):
-    stored = await store.add([new_task(n) for n in range(25)])
+    stored = await add_all(store, [new_task(n) for n in range(25)])
     await store.update([StatusChange(s.record_id, TaskStatus.FAILED) for s in stored[:5]])
     seen, token = [], None
     while True:
@@ -101,13 +106,13 @@ async def test_page_refuses_a_token_it_never_gave(store):
 
 
 async def test_dedup_survives_a_restart(store):
-    (first,) = await store.add([new_task(1)])
+    (first,) = await add_all(store, [new_task(1)])
     await store.close()
     await store.open()
-    (again,) = await store.add([new_task(1)])
+    (again,) = await add_all(store, [new_task(1)])
     assert (again.created, again.record_id) == (False, first.record_id)
 
 
 async def test_reindex_counts_every_identifier(store):
-    await store.add([new_task(n) for n in range(12)])
+    await add_all(store, [new_task(n) for n in range(12)])
     assert await store.reindex() == 12

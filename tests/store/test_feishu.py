@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 from app.store.feishu import FeishuTable
-from tests.feishu.fixtures import APP_TOKEN, TABLE_ID, clear_token_cache
-from tests.processes import ROOT
+from tests.support.feishu import APP_TOKEN, TABLE_ID, clear_token_cache
+from tests.support.processes import ROOT
 
 SLIM_THEN_FULL = """
 import sys

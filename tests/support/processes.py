@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -162,7 +162,7 @@ def worker_process(env: dict[str, str], workdir: Path, queue: str, concurrency: 
 _CLAIMER = """
 import sys, time
 from pathlib import Path
-from app.store.journal import ClaimJournal
+from app.claims import ClaimJournal
 journal = ClaimJournal(Path(sys.argv[1]))
 journal.open()
 journal.begin([(sys.argv[2], 0)])

@@ -1,9 +1,11 @@
+"""The claim journal: claims begun, published and settled; a dead owner's claims settleable, a live one's not."""
+
 import os
 
 import pytest
 
-from app.store.journal import Claim, ClaimJournal
-from tests import processes
+from app.claims import Claim, ClaimJournal
+from tests.support import processes
 
 
 @pytest.fixture

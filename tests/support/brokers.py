@@ -1,8 +1,8 @@
 """Real-broker fixtures and helpers: RabbitMQ and Redis on 127.0.0.1, one unique queue per test.
 
 Fixtures: ``rabbit_url``, ``redis_url`` (session; skip when the broker is down, fail under CI), ``queue_name``
-(unique, deleted afterwards), ``make_publisher`` (CeleryPublishers closed at teardown). Register them by listing
-``"tests.brokers"`` in the root conftest's ``pytest_plugins`` (it is).
+(unique, deleted afterwards), ``make_publisher`` (CeleryPublishers closed at teardown); tests/conftest.py imports
+them.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from kombu.message import Message as KombuMessage
 
 from app.broker import CeleryPublisher
 from app.config import Settings
-from tests.conftest import make_settings
-from tests.processes import free_port
+from tests.support.processes import free_port
+from tests.support.settings import make_settings
 
 __all__ = [
     "RABBIT_URL",

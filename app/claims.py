@@ -1,3 +1,5 @@
+"""The claim journal: claims in flight, on disk, so what a crash or outage leaves before the publish is undone."""
+
 import os
 import uuid
 from collections.abc import Iterable
@@ -5,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.locks import FileLock
-from app.store.records import SqliteFile, local_storage
+from app.paths import claim_owner_lock
+from app.store.sqlite_file import SqliteFile, local_storage
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS claims (
@@ -36,8 +39,7 @@ class ClaimJournal(SqliteFile):
     def __init__(self, path: Path):
         super().__init__(path, _SCHEMA)
         self.owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"  # never all digits: the column of an old file is INTEGER
-        self._owners = path.with_name(f"{path.stem}-owners")
-        self._alive = FileLock(self._owners / f"{self.owner}.lock")
+        self._alive = FileLock(claim_owner_lock(path, self.owner))
 
     def open(self) -> None:
         with local_storage("the claim journal"):
@@ -81,7 +83,7 @@ class ClaimJournal(SqliteFile):
         return [c for c in claims if c.owner == self.owner or not alive[c.owner]]
 
     def _holds_lock(self, owner: str) -> bool:
-        lock = FileLock(self._owners / f"{owner}.lock")
+        lock = FileLock(claim_owner_lock(self.path, owner))
         if not lock.path.exists():  # gone with a clean close, or a claim from before owners had locks
             return False
         if not lock.acquire():

@@ -1,4 +1,4 @@
-"""Fakes for the ports the service talks to: a publisher and a notifier that record what they were given."""
+"""Fakes for the service's ports (a publisher and a notifier that record what they were given) and a clock."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field

@@ -1,4 +1,4 @@
-"""Pytest fixtures for the Feishu emulator (registered with ``pytest_plugins = ["tests.feishu.fixtures"]``)."""
+"""The Feishu emulator as a fixture (`feishu`, imported into tests/conftest.py), its table, and SDK helpers."""
 
 from __future__ import annotations
 

@@ -1,34 +1,14 @@
-"""Small helpers both adapters share: timestamps, chunks and the SQLite file."""
+"""One SQLite file under DATA_DIR (the store, the index, the claim journal), and its failures as 503s."""
 
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
 from app.errors import StoreUnavailable
 
 LOCAL_RETRY_AFTER = 5  # seconds: a locked file frees up quickly; a full disk needs an operator either way
-
-
-def to_ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
-
-
-def from_ms(value: float | int | None) -> datetime | None:
-    if value is None:
-        return None
-    return datetime.fromtimestamp(value / 1000, tz=UTC)
-
-
-def now_ms() -> int:
-    return to_ms(datetime.now(UTC))
-
-
-def chunked(items: list, size: int):
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 @contextmanager

@@ -7,13 +7,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.broker import CeleryPublisher
-from app.main import create_app
+from app.claims import ClaimJournal
+from app.main import Services, create_app, wire
 from app.notify import FeishuBot
-from app.service import TaskService
 from app.store.bitable import BitableTaskStore
-from app.store.journal import ClaimJournal
-from tests.brokers import declare_workers_queue, passive_declare
-from tests.conftest import bitable_settings
+from tests.support.brokers import declare_workers_queue, passive_declare
+from tests.support.settings import bitable_settings
 
 pytestmark = pytest.mark.broker
 
@@ -36,9 +35,9 @@ async def wired(feishu, tmp_path, rabbit_url, queue_name):
     journal.open()
     bots = []
 
-    def build(secret: str) -> TaskService:
+    def build(secret: str) -> Services:
         bots.append(FeishuBot(settings.feishu_robot_webhook_url, secret))
-        return TaskService(store, settings, publisher=publisher, notifier=bots[-1], journal=journal)
+        return wire(store, settings, publisher=publisher, notifier=bots[-1], journal=journal)
 
     yield build
     for bot in bots:
@@ -49,11 +48,11 @@ async def wired(feishu, tmp_path, rabbit_url, queue_name):
 
 
 async def test_a_500_task_cycle_costs_three_searches_and_one_write(wired, feishu, rabbit_url, queue_name):
-    service = wired("right-secret")
-    await service.ingest_tasks([{"n": n} for n in range(600)])
+    services = wired("right-secret")
+    await services.tasks.ingest_tasks([{"n": n} for n in range(600)])
     feishu.reset_calls()
     started = time.perf_counter()
-    report = await service.replenish()
+    report = await services.cycle.run()
     elapsed = time.perf_counter() - started
     bitable = {c: feishu.count(c) for c in ("search", "batch_update", "batch_create", "batch_get")}
     assert (report.outcome, report.published, report.pending_left) == ("published", 500, 100)
@@ -65,10 +64,10 @@ async def test_a_500_task_cycle_costs_three_searches_and_one_write(wired, feishu
 
 
 async def test_a_bot_that_refuses_every_message_does_not_stop_the_cycle(wired, feishu, caplog):
-    service = wired("wrong-secret")
-    await service.ingest_tasks([{"n": n} for n in range(3)])
+    services = wired("wrong-secret")
+    await services.tasks.ingest_tasks([{"n": n} for n in range(3)])
     caplog.set_level(logging.WARNING)
-    report = await service.replenish()
+    report = await services.cycle.run()
     assert (report.outcome, report.published) == ("published", 3)
     assert feishu.bot_messages("hook") == []
     assert any("19021" in record.getMessage() for record in caplog.records)

@@ -1,0 +1,107 @@
+"""Every file and folder the service keeps under DATA_DIR, named once, and the order its locks are taken in.
+
+Under DATA_DIR:
+
+    tasks.db                    the embedded SQLite store (STORE=sqlite), with its -wal and -shm
+    index-<table id>.db         the identifier index of one Bitable table (STORE=bitable)
+    claims.db                   the claim journal: claims in flight, settled by the next cycle
+    claims-owners/<owner>.lock  one flock per open claim journal: a free one means its owner is dead
+    replenish.lock              one replenish cycle at a time, across every process on this DATA_DIR
+    scheduler.lock              one process runs the timer
+    last_replenish.json         the last cycle's report, for /api/stats of any process
+    broker/{queue,processed,control}/   the embedded broker (CELERY_BROKER_URL=filesystem://)
+    .ready-*, .doctor-*         a probe's file, made, synced and removed at once (/readyz, `doctor`)
+    service.log, worker-<n>.log the demo's processes' output (the demo's DATA_DIR is a new temporary folder)
+
+The locks, outermost first; a task holding one may wait only for those below it, never for one above:
+
+ 1. scheduler.lock, claims-owners/<own>.lock: taken once at start, held for the process's (journal's) life,
+    never waited for (a non-blocking flock: a second process does without the timer).
+ 2. replenish.lock (flock, non-blocking: a second cycle is a 409 Conflict), held for one cycle
+    (`ReplenishCycle.run`); the bot's notice is sent after it is released.
+ 3. `Dispatcher.claiming` (asyncio.Lock, this process): from reading the rows to claim until they are
+    dispatched; taken by the cycle (settling claims, then topping up, one after the other), by lease recovery
+    on its own, and by the priority push (around its `store.add`, whose write it waits for).
+ 4. The claim journal's transaction (claims.db: `SqliteFile`'s thread lock, then SQLite's BEGIN IMMEDIATE),
+    before the claim is written and again after; it probes other owners' claims-owners/*.lock, non-blocking.
+ 5. `BatchWriter.turn()` / its write lock (asyncio.Lock, one Bitable write per table at a time): a store
+    update or prune takes a turn per batch; the writer's send loop holds it for each `batch_create`.
+ 6. The index's or the store's transaction (index-<table>.db, tasks.db: the thread lock, then BEGIN
+    IMMEDIATE): a Bitable update marks the index after its turn is released, and the writer marks
+    (`mark_writing`, `mark_stored`) outside the write lock; the SQLite store's writes are this transaction
+    alone, concurrent `add`s sharing one (group commit).
+ 7. Leaves, holding nothing else: the bot's send lock (`FeishuBot`, its rate budget) and the token fetch
+    every Feishu call shares (a future, not a lock).
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+READY_PROBE_PREFIX = ".ready-"  # /readyz writes and syncs one such file to prove DATA_DIR takes writes
+DOCTOR_PROBE_PREFIX = ".doctor-"
+
+
+def claim_owners(journal: Path) -> Path:
+    """The folder of the journal's owner locks, beside it (claims-owners/ beside claims.db)."""
+    return journal.with_name(f"{journal.stem}-owners")
+
+
+def claim_owner_lock(journal: Path, owner: str) -> Path:
+    return claim_owners(journal) / f"{owner}.lock"
+
+
+@dataclass(frozen=True, slots=True)
+class DataDir:
+    """DATA_DIR's files by name: `DataDir(settings.data_dir).claims_db`."""
+
+    root: Path
+
+    @property
+    def tasks_db(self) -> Path:
+        return self.root / "tasks.db"
+
+    def index_db(self, table_id: str) -> Path:
+        return self.root / f"index-{table_id}.db"
+
+    @property
+    def claims_db(self) -> Path:
+        return self.root / "claims.db"
+
+    @property
+    def claims_owners(self) -> Path:
+        return claim_owners(self.claims_db)
+
+    @property
+    def replenish_lock(self) -> Path:
+        return self.root / "replenish.lock"
+
+    @property
+    def scheduler_lock(self) -> Path:
+        return self.root / "scheduler.lock"
+
+    @property
+    def last_replenish(self) -> Path:
+        return self.root / "last_replenish.json"
+
+    @property
+    def broker(self) -> Path:
+        return self.root / "broker"
+
+    @property
+    def broker_queue(self) -> Path:
+        return self.broker / "queue"
+
+    @property
+    def broker_processed(self) -> Path:
+        return self.broker / "processed"
+
+    @property
+    def broker_control(self) -> Path:
+        return self.broker / "control"
+
+    @property
+    def service_log(self) -> Path:
+        return self.root / "service.log"
+
+    def worker_log(self, n: int) -> Path:
+        return self.root / f"worker-{n}.log"

@@ -1,1 +1,0 @@
-from tests.feishu.fixtures import *  # noqa: F403

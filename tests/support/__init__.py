@@ -1,0 +1,1 @@
+"""Everything the tests share: helpers, fakes, and the fixtures tests/conftest.py imports."""

@@ -1,0 +1,34 @@
+"""Store fixtures: `sqlite_store`, `bitable_store` (on the emulator), and `store`, which runs a test on both."""
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from app.store.bitable import BitableTaskStore
+from app.store.sqlite import SqliteTaskStore
+from tests.support.settings import bitable_settings
+
+__all__ = ["bitable_store", "sqlite_store", "store"]
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteTaskStore]:
+    store = SqliteTaskStore(tmp_path / "data" / "tasks.db")
+    await store.open()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def bitable_store(feishu, tmp_path: Path) -> AsyncIterator[BitableTaskStore]:
+    store = BitableTaskStore.from_settings(bitable_settings(feishu, tmp_path / "data"))
+    await store.open()
+    yield store
+    await store.close()
+
+
+@pytest.fixture(params=["sqlite", "bitable"])
+def store(request: pytest.FixtureRequest):
+    """The contract suite runs every test against both adapters."""
+    return request.getfixturevalue(f"{request.param}_store")
