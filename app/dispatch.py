@@ -104,9 +104,8 @@ class Dispatcher:
                 await self._store.update(back)
             except ServiceError as exc:  # the journal keeps the unsent ones: the next cycle puts them back
                 self._journal.settle(r.record_id for r in published.sent)
-                error = published.error
-                both = f"{error.detail}; putting the unsent back failed too: {exc.detail}" if error else exc.detail
-                return Dispatched(published.sent, published.unsent, ServiceError(both))
+                log.warning("putting %d unsent tasks back failed: %s", len(published.unsent), exc.detail)
+                return Dispatched(published.sent, published.unsent, published.error or exc)  # the cause keeps its code
         self._journal.settle(r.record_id for r in [*published.sent, *published.unsent])
         return published
 

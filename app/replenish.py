@@ -142,7 +142,12 @@ class ReplenishCycle:
         return len(changes) - failed, failed
 
     async def _pending(self) -> int | None:
-        return (await self._store.page(TaskStatus.PENDING, 1, None)).total
+        """The PENDING left; a count that fails must not stop the unsent from being put back."""
+        try:
+            return (await self._store.page(TaskStatus.PENDING, 1, None)).total
+        except ServiceError as exc:
+            log.warning("replenish: could not count the PENDING tasks left: %s", exc.detail)
+            return None
 
     def _record(self, report: ReplenishReport) -> None:
         """The log line and the metrics, for every cycle, dry runs too."""

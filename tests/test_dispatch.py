@@ -3,7 +3,7 @@
 import asyncio
 import json
 
-from app.errors import StoreUnavailable
+from app.errors import Conflict, StoreUnavailable
 from app.models import PartlyStored, StatusChange, TaskStatus
 from app.service import TaskService
 from tests.support.processes import claiming_child, process_state, wait_until
@@ -35,14 +35,15 @@ async def test_claims_that_were_published_before_a_crash_stay_processing(service
 
 async def test_concurrent_pushes_and_cycles_never_claim_a_task_twice(service, cycle, publisher):
     await service.ingest_tasks([{"n": n} for n in range(20)])
-    await asyncio.gather(
+    results = await asyncio.gather(
         service.push_priority([{"n": n} for n in range(0, 20, 2)]),
         service.push_priority([{"n": n} for n in range(0, 20, 3)]),
         cycle.run(),
         return_exceptions=True,
     )
+    assert [r for r in results if isinstance(r, BaseException) and not isinstance(r, Conflict)] == []
     record_ids = [m.record_id for m, _ in publisher.sent]
-    assert len(record_ids) == len(set(record_ids))
+    assert record_ids and len(record_ids) == len(set(record_ids))
 
 
 async def test_claims_of_a_crashed_process_are_put_back_while_it_is_a_zombie(service, journal, dispatcher):

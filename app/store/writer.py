@@ -105,6 +105,9 @@ class BatchWriter:
 
         A row already being written (by this request or another) joins that write and answers `created=False`.
         """
+        if self._loops is None or self._loops.done():  # nobody would ever answer
+            down = StoreUnavailable("the Bitable writer is not running; send the request again", retry_after=5)
+            return [down for _ in rows]
         self._groups += 1
         waits: dict[str, asyncio.Future] = {}
         mine: set[str] = set()
@@ -149,18 +152,24 @@ class BatchWriter:
             self._loops.cancel()
             await asyncio.gather(self._loops, return_exceptions=True)
             self._loops = None
-            self._pass_turn()  # no writer to wait for any more
-        stopping = StoreUnavailable("the service is stopping; send the request again", retry_after=5)
+        self._stopped(StoreUnavailable("the service is stopping; send the request again", retry_after=5))
+
+    def _stopped(self, exc: StoreUnavailable) -> None:
+        """No writer any more: turns need not wait for it, and every waiting request is answered."""
+        self._pass_turn()
         for future in self._inflight.values():  # unsent, or sent and unrecorded: reconciled at the next start
             if not future.done():
-                _fail(future, stopping)
+                _fail(future, exc)
 
     # ---- the two loops ------------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        async with asyncio.TaskGroup() as loops:  # one loop failing stops the other: no half a writer
-            loops.create_task(self._assemble_batches())
-            loops.create_task(self._send_batches())
+        try:
+            async with asyncio.TaskGroup() as loops:  # one loop failing stops the other: no half a writer
+                loops.create_task(self._assemble_batches())
+                loops.create_task(self._send_batches())
+        finally:
+            self._stopped(StoreUnavailable("the Bitable writer stopped; send the request again", retry_after=5))
 
     async def _assemble_batches(self) -> None:
         """Readies the next write while one is in flight: rows taken off the queue, reserved, their body encoded."""
@@ -305,7 +314,8 @@ class BatchWriter:
         """Answer each waiting request once: a row found with its record id, the others with `exc` or as unavailable."""
         missing = exc or StoreUnavailable("Feishu did not confirm every row of a write; send them again")
         for job in jobs:
-            self._inflight.pop(job.identifier, None)
+            if self._inflight.get(job.identifier) is job.future:  # never another request's newer write
+                del self._inflight[job.identifier]
             if job.future.done():
                 continue
             if found is not None and job.identifier in found:

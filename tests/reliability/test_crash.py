@@ -33,7 +33,7 @@ OVERLAP = 100  # each request repeats this many payloads of the one before it
 
 
 def service(env: dict[str, str], workdir: Path, name: str):
-    """The service as tests/processes.py runs it, handing out the process so a test can kill it."""
+    """The service as tests/support/processes.py runs it, handing out the process so a test can kill it."""
     return running_service(env, workdir, name=name)
 
 

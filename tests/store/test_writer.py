@@ -183,6 +183,13 @@ async def test_close_answers_the_requests_still_waiting_as_unavailable(table, in
     assert set(index.writing()) == {ident(n) for n in range(3)}  # reserved, sent: settled at the next start
 
 
+async def test_a_closed_writer_answers_unavailable_at_once(table, index):
+    async with running(table, index) as writer:
+        pass
+    answers = await asyncio.wait_for(writer.submit(rows(range(2))), BOUND)
+    assert all(isinstance(a, StoreUnavailable) and a.status_code == 503 for a in answers)
+
+
 async def test_a_row_being_written_is_joined_not_written_twice(table, index):
     table.gate = asyncio.Event()
     async with running(table, index) as writer:
