@@ -152,23 +152,6 @@ def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-def delete_queue(url: str, name: str) -> None:
-    """Remove the queue and the exchange a worker-style declare creates."""
-    from amqp.exceptions import NotFound
-    from kombu import Connection
-
-    with Connection(url, connect_timeout=3) as conn:
-        for delete in ("queue_delete", "exchange_delete"):
-            channel = conn.channel()
-            try:
-                getattr(channel, delete)(name)
-            except NotFound:
-                pass
-            finally:
-                if channel.is_open:
-                    channel.close()
-
-
 def decompose(samples: list[tuple[float, float]], calls: list, latency: float) -> list[dict[str, Any]]:
     """Split each ingest (sent, answered) around its own batch_create call(s) in the emulator's call log.
 
@@ -307,7 +290,7 @@ def main() -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from bench.common import LATENCY, RABBIT_URL, Result, smoke_flag
-    from tests.support.brokers import declare_workers_queue
+    from tests.support.brokers import declare_workers_queue, delete_rabbit_queue
 
     smoke = smoke_flag()
     sessions, rounds, per_window = (1, 1, 4) if smoke else (4, 2, 40)
@@ -338,7 +321,7 @@ def main() -> None:
                     )
                 )
     finally:
-        delete_queue(RABBIT_URL, queue)
+        delete_rabbit_queue(RABBIT_URL, queue)
 
     parts = {window: [x for r in results for x in r["parts"][window]] for window in ("baseline", "loaded")}
     reports = [report for r in results for report in r["reports"]]

@@ -31,6 +31,7 @@ __all__ = [
     "REDIS_PRIORITY_SUFFIXES",
     "REDIS_URL",
     "declare_workers_queue",
+    "delete_rabbit_queue",
     "drain",
     "free_port",
     "make_publisher",
@@ -88,14 +89,15 @@ def queue_name(request: pytest.FixtureRequest) -> Iterator[str]:
     name = f"tm-test-{uuid.uuid4().hex[:12]}"
     yield name
     if "rabbit_url" in request.fixturenames:
-        _delete_rabbit_queue(RABBIT_URL, name)
+        delete_rabbit_queue(RABBIT_URL, name)
     if "redis_url" in request.fixturenames:
         keys = [name + suffix for suffix in REDIS_PRIORITY_SUFFIXES] + [f"_kombu.binding.{name}"]
         with redis.Redis.from_url(REDIS_URL) as client:
             client.delete(*keys)
 
 
-def _delete_rabbit_queue(url: str, name: str) -> None:
+def delete_rabbit_queue(url: str, name: str) -> None:
+    """Remove the queue and the exchange a worker-style declare creates."""
     with Connection(url, connect_timeout=3) as conn:
         for delete in ("queue_delete", "exchange_delete"):  # the exchange a worker-style declare creates
             channel = conn.channel()
