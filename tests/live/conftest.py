@@ -22,7 +22,7 @@ from app.store.chunks import chunked
 from app.store.columns import setup_columns
 from app.store.feishu import FeishuTable
 from tests.support.modes import LIVE
-from tests.support.settings import bitable_settings, make_settings
+from tests.support.settings import emulator_table, make_settings
 
 NEEDED = ("FEISHU_APP_ID", "FEISHU_APP_SECRET", "FEISHU_BITABLE_APP_TOKEN", "FEISHU_BITABLE_TABLE_ID")
 OPTIONAL = ("FEISHU_DOMAIN", "FEISHU_ROBOT_WEBHOOK_URL", "FEISHU_ROBOT_SECRET")
@@ -84,26 +84,12 @@ def live_table_ready(tmp_path_factory: pytest.TempPathFactory) -> None:
         pytest.skip(f"FEISHU_BITABLE_TABLE_ID has {rows} rows: the live suite needs an empty table of its own")
 
 
-# the settings of the emulator's table that tests/support/settings.py:bitable_settings fills in
-_SETTINGS_OF_A_TABLE = {
-    "store",
-    "feishu_app_id",
-    "feishu_app_secret",
-    "feishu_bitable_app_token",
-    "feishu_bitable_table_id",
-    "feishu_domain",
-    "feishu_timeout_seconds",
-    "feishu_retry_base_seconds",
-    "feishu_write_linger_ms",
-}
-
-
 @pytest.fixture
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
     if not LIVE:
         feishu = request.getfixturevalue("feishu")
         feishu.add_bot(EMULATOR_BOT, EMULATOR_BOT_SECRET)
-        values = bitable_settings(feishu, tmp_path).model_dump(include=_SETTINGS_OF_A_TABLE)
+        values = emulator_table(feishu)
         bot_url = f"{feishu.url}/open-apis/bot/v2/hook/{EMULATOR_BOT}"
         yield Target("emulator", values, bot_url, EMULATOR_BOT_SECRET)
         return

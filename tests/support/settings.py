@@ -9,8 +9,9 @@ def make_settings(data_dir: Path, **overrides) -> Settings:
     return Settings(_env_file=None, data_dir=data_dir, **overrides)
 
 
-def bitable_settings(emu, data_dir: Path, **overrides) -> Settings:
-    values = {
+def emulator_table(emu) -> dict[str, object]:
+    """The settings that point the Bitable store at the emulator's table."""
+    return {
         "store": "bitable",
         "feishu_app_id": emu.app_id,
         "feishu_app_secret": emu.app_secret,
@@ -21,4 +22,7 @@ def bitable_settings(emu, data_dir: Path, **overrides) -> Settings:
         "feishu_retry_base_seconds": 0.01,
         "feishu_write_linger_ms": 5,
     }
-    return make_settings(data_dir, **(values | overrides))
+
+
+def bitable_settings(emu, data_dir: Path, **overrides) -> Settings:
+    return make_settings(data_dir, **(emulator_table(emu) | overrides))
