@@ -65,58 +65,16 @@ async def bare_health() -> dict[str, str]:
 # ---- processes -------------------------------------------------------------------------------------------
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 @contextmanager
 def bare_process(workdir: Path) -> Iterator[tuple[str, subprocess.Popen]]:
     """The bare app under uvicorn in its own process, lean as it gets: no access log."""
-    from tests.support.processes import free_port, wait_until
+    from tests.support.processes import running_service
 
-    port = free_port()
-    log_path = workdir / f"bare-{port}.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "bench.bench_embedded_ingest:bare",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
-            env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
-            cwd=workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"bare app exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(healthy, 60, "the bare app to answer /healthz")
-        yield url, proc
-    finally:
-        _stop(proc)
+    bare_app = [sys.executable, "-m", "uvicorn", "bench.bench_embedded_ingest:bare", "--host", "127.0.0.1"]
+    with running_service(
+        {}, workdir, name="bare app", argv=[*bare_app, "--log-level", "warning", "--no-access-log"]
+    ) as up:
+        yield up
 
 
 # ---- load ------------------------------------------------------------------------------------------------
