@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     feishu_write_linger_ms: int = Field(20, ge=0, le=1_000)
     feishu_write_max_wait_ms: int = Field(500, ge=0, le=10_000)
 
+    status_flush_seconds: float = Field(2.0, ge=0, le=3_600)
+    status_backlog_alert_seconds: float = Field(600.0, gt=0)
+    ready_check_seconds: float = Field(30.0, ge=0, le=86_400)
+    stats_cache_seconds: float = Field(30.0, ge=0, le=86_400)
+
     feishu_robot_webhook_url: str = ""
     feishu_robot_secret: SecretStr = SecretStr("")
 

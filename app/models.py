@@ -63,6 +63,9 @@ class TaskRecord:
     created_at: datetime | None = None
     claimed_at: datetime | None = None
     attempts: int = 0
+    result: dict[str, Any] | None = None  # what the worker reported with SUCCESS or FAILED
+    error: str | None = None
+    finished_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,26 @@ class StatusChange:
     claimed_at: datetime | None = None  # set on a claim
     attempts: int | None = None  # the new count, on a claim
     identifier: str | None = None  # for a row typed in by hand, written on its first claim
+    result: dict[str, Any] | None = None  # a worker's report: its result object, its error text, when it finished
+    error: str | None = None
+    finished_at: datetime | None = None
+    if_still: TaskStatus | None = None  # apply only to a task still in this status (lease recovery)
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Tasks per status, as counted at `as_of` (a Bitable count is cached: STATS_CACHE_SECONDS)."""
+
+    by_status: dict[str, int]
+    as_of: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """Accepted worker reports not yet written to the table."""
+
+    depth: int
+    oldest_age_seconds: float | None
 
 
 @dataclass(slots=True)
@@ -161,15 +184,28 @@ class StatsOut(BaseModel):
 RecordIdStr = Annotated[str, Field(pattern=RECORD_ID_PATTERN)]
 
 
-class BulkStatusUpdate(BaseModel):
-    """Record ids per new status, as workers report them."""
+class ReportItem(BaseModel):
+    """One task's report with what it produced: its result object and, for a failure, the error text."""
 
     model_config = {"extra": "forbid"}
 
-    SUCCESS: list[RecordIdStr] = Field(default_factory=list)
-    FAILED: list[RecordIdStr] = Field(default_factory=list)
-    PENDING: list[RecordIdStr] = Field(default_factory=list)
-    CANCELLED: list[RecordIdStr] = Field(default_factory=list)
+    record_id: RecordIdStr
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+ReportEntry = RecordIdStr | ReportItem
+
+
+class BulkStatusUpdate(BaseModel):
+    """Tasks per new status, as workers report them: a record id, or `{"record_id", "result", "error"}`."""
+
+    model_config = {"extra": "forbid"}
+
+    SUCCESS: list[ReportEntry] = Field(default_factory=list)
+    FAILED: list[ReportEntry] = Field(default_factory=list)
+    PENDING: list[ReportEntry] = Field(default_factory=list)
+    CANCELLED: list[ReportEntry] = Field(default_factory=list)
 
 
 class UpdateStatusResponse(BaseModel):
@@ -186,6 +222,9 @@ class TaskOut(BaseModel):
     created_at: datetime | None
     claimed_at: datetime | None
     attempts: int
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    finished_at: datetime | None = None
 
     @classmethod
     def of(cls, record: TaskRecord) -> "TaskOut":
@@ -198,6 +237,9 @@ class TaskOut(BaseModel):
             created_at=record.created_at,
             claimed_at=record.claimed_at,
             attempts=record.attempts,
+            result=record.result,
+            error=record.error,
+            finished_at=record.finished_at,
         )
 
 

@@ -22,6 +22,7 @@ from app.models import (
     NewTask,
     PartlyStored,
     PriorityResponse,
+    ReportItem,
     StatsOut,
     StatusChange,
     Stored,
@@ -104,18 +105,32 @@ class TaskService:
         )
 
     async def update_status(self, update: BulkStatusUpdate) -> UpdateStatusResponse:
-        given = {name: list(dict.fromkeys(getattr(update, name))) for name in update.model_fields_set}
+        """Workers' reports, accepted durably; each record id once, under one status."""
+        changes: list[StatusChange] = []
         owners: dict[str, str] = {}
         twice = set()
-        for status, record_ids in given.items():
-            for record_id in record_ids:
-                if owners.setdefault(record_id, status) != status:
-                    twice.add(record_id)
+        now = self.clock()
+        for status in update.model_fields_set:
+            for entry in getattr(update, status):
+                item = entry if isinstance(entry, ReportItem) else ReportItem(record_id=entry)
+                if item.record_id in owners:  # the first report of a record in a request wins
+                    if owners[item.record_id] != status:
+                        twice.add(item.record_id)
+                    continue
+                owners[item.record_id] = status
+                finished = now if status in (TaskStatus.SUCCESS, TaskStatus.FAILED) else None
+                changes.append(
+                    StatusChange(
+                        item.record_id, TaskStatus(status), result=item.result, error=item.error, finished_at=finished
+                    )
+                )
         if twice:
             raise InvalidInput(f"record ids listed under two statuses: {', '.join(sorted(twice))}")
-        changes = [StatusChange(rid, TaskStatus(status)) for status, ids in given.items() for rid in ids]
-        not_found = set(await self.store.update(changes)) if changes else set()
-        updated = {status: sum(rid not in not_found for rid in ids) for status, ids in given.items()}
+        not_found = set(await self.store.report(changes)) if changes else set()
+        updated = {status: 0 for status in update.model_fields_set}
+        for change in changes:
+            if change.record_id not in not_found:
+                updated[change.status.value] += 1
         for status, count in updated.items():
             STATUS_UPDATES.labels(status).inc(count)
         return UpdateStatusResponse(
@@ -210,14 +225,14 @@ class TaskService:
         await asyncio.to_thread(_probe_write, self.settings.data_dir)
 
     async def stats(self) -> StatsOut:
-        totals = await asyncio.gather(*(self.store.page(status, 1, None) for status in TaskStatus))
+        counted = await self.store.counts()
         depth, queue_error = None, None
         try:
             depth = await self.publisher.queue_depth()
             QUEUE_DEPTH.set(depth)
         except ServiceError as exc:
             queue_error = ErrorOut(error=exc.error, detail=exc.detail)
-        counts = {status.value: page.total or 0 for status, page in zip(TaskStatus, totals, strict=True)}
+        counts = counted.by_status
         for status, count in counts.items():
             POOL_TASKS.labels(status).set(count)
         return StatsOut(

@@ -4,7 +4,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
-from app.models import Added, NewTask, StatusChange, TaskPage, TaskRecord, TaskStatus
+from app.models import Added, Backlog, Counts, NewTask, StatusChange, TaskPage, TaskRecord, TaskStatus
 
 
 class TaskStore(Protocol):
@@ -32,7 +32,21 @@ class TaskStore(Protocol):
         """The records that exist, by record id."""
 
     async def update(self, changes: Sequence[StatusChange]) -> list[str]:
-        """Apply the changes whose record exists; answer the record ids that do not."""
+        """Apply the changes whose record exists; answer the record ids that do not (or, for a change with
+        `if_still`, are no longer in that status)."""
+
+    async def report(self, changes: Sequence[StatusChange]) -> list[str]:
+        """Accept workers' reports; answer the record ids that do not exist.
+
+        Accepted means durable: applied in the order accepted (Bitable: within STATUS_FLUSH_SECONDS), and every
+        read of this store sees them at once.
+        """
+
+    async def counts(self) -> Counts:
+        """Tasks per status (Bitable: cached for STATS_CACHE_SECONDS, counted by one caller at a time)."""
+
+    def backlog(self) -> Backlog | None:
+        """Reports accepted and not yet written; None for a store that writes them at once."""
 
     async def page(self, status: TaskStatus | None, limit: int, page_token: str | None) -> TaskPage:
         """A page of tasks in creation order; `total` counts every task with that status."""

@@ -9,7 +9,7 @@ from typing import Any
 
 from app.config import Settings
 from app.errors import InvalidInput, StoreRejected, StoreUnavailable
-from app.models import Added, NewTask, StatusChange, Stored, TaskPage, TaskRecord, TaskStatus
+from app.models import Added, Backlog, Counts, NewTask, StatusChange, Stored, TaskPage, TaskRecord, TaskStatus, utc_now
 from app.paths import DataDir
 from app.store.chunks import chunked
 from app.store.columns import CREATED_AT, IDENTIFIER, Schema, is_identifier, load_schema, number, plain
@@ -177,6 +177,16 @@ class BitableTaskStore:
                 [(c.identifier, c.record_id) for c in chunk if c.identifier and c.record_id not in not_found],
             )
         return not_found
+
+    async def report(self, changes: Sequence[StatusChange]) -> list[str]:
+        return await self.update(changes)
+
+    async def counts(self) -> Counts:
+        pages = await asyncio.gather(*(self.page(status, 1, None) for status in TaskStatus))
+        return Counts({s.value: p.total or 0 for s, p in zip(TaskStatus, pages, strict=True)}, utc_now())
+
+    def backlog(self) -> Backlog | None:
+        return None
 
     async def pending(self, limit: int) -> list[TaskRecord]:
         return await self._search_all(pick_search(self._schema), limit=limit)

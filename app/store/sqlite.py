@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from app.errors import InvalidInput, StoreUnavailable
-from app.models import Added, NewTask, StatusChange, Stored, TaskPage, TaskRecord, TaskStatus
+from app.models import Added, Backlog, Counts, NewTask, StatusChange, Stored, TaskPage, TaskRecord, TaskStatus, utc_now
 from app.store.chunks import chunked
 from app.store.sqlite_file import SqliteFile, local_storage
 from app.store.timestamps import from_ms, now_ms, to_ms
@@ -210,6 +210,17 @@ class SqliteTaskStore:
                 rows,
             )
         return [change.record_id for change in changes if change.record_id not in existing]
+
+    async def report(self, changes: Sequence[StatusChange]) -> list[str]:
+        return await self.update(changes)  # one local transaction: durable and visible at once
+
+    async def counts(self) -> Counts:
+        rows = await self._run(lambda: self.db.execute("SELECT status, count(*) FROM tasks GROUP BY status").fetchall())
+        found = dict(rows)
+        return Counts({status.value: found.get(status.value, 0) for status in TaskStatus}, utc_now())
+
+    def backlog(self) -> Backlog | None:
+        return None
 
     async def page(self, status: TaskStatus | None, limit: int, page_token: str | None) -> TaskPage:
         return await self._run(self._page, status, limit, _decode_token(page_token))
