@@ -4,6 +4,8 @@ Under DATA_DIR:
 
     tasks.db                    the embedded SQLite store (STORE=sqlite), with its -wal and -shm
     index-<table id>.db         the identifier index of one Bitable table (STORE=bitable)
+    outbox-<table id>.db        workers' reports accepted for that table and not yet confirmed written there
+    outbox-<table id>.lock      one flush of that outbox at a time, across every process on this DATA_DIR
     claims.db                   the claim journal: claims in flight, settled by the next cycle
     claims-owners/<owner>.lock  one flock per open claim journal: a free one means its owner is dead
     replenish.lock              one replenish cycle at a time, across every process on this DATA_DIR
@@ -25,12 +27,16 @@ The locks, outermost first; a task holding one may wait only for those below it,
  4. The claim journal's transaction (claims.db: `SqliteFile`'s thread lock, then SQLite's BEGIN IMMEDIATE),
     before the claim is written and again after; it probes other owners' claims-owners/*.lock, non-blocking.
  5. `BatchWriter.turn()` / its write lock (asyncio.Lock, one Bitable write per table at a time): a store
-    update or prune takes a turn per batch; the writer's send loop holds it for each `batch_create`.
- 6. The index's or the store's transaction (index-<table>.db, tasks.db: the thread lock, then BEGIN
-    IMMEDIATE): a Bitable update marks the index after its turn is released, and the writer marks
-    (`mark_writing`, `mark_stored`) outside the write lock; the SQLite store's writes are this transaction
-    alone, concurrent `add`s sharing one (group commit).
- 7. Leaves, holding nothing else: the bot's send lock (`FeishuBot`, its rate budget) and the token fetch
+    update or prune takes a turn per batch; the writer's send loop holds it for each `batch_create`; every
+    flush of the outbox (the flusher's, and the one a read or an update makes first) runs inside a turn.
+ 6. outbox-<table>.lock (flock, polled without blocking), taken inside that turn for one flush: from reading
+    the oldest entries until their write is confirmed and they are deleted.
+ 7. The index's, the outbox's or the store's transaction (index-<table>.db, outbox-<table>.db, tasks.db: the
+    thread lock, then BEGIN IMMEDIATE): a Bitable update marks the index and the outbox after its turn is
+    released, and the writer marks (`mark_writing`, `mark_stored`) outside the write lock; a flush deletes
+    what it wrote under its turn and flush lock; a report is appended under this transaction alone, as the
+    SQLite store's writes are, concurrent reports (or `add`s there) sharing one (group commit).
+ 8. Leaves, holding nothing else: the bot's send lock (`FeishuBot`, its rate budget) and the token fetch
     every Feishu call shares (a future, not a lock).
 """
 
@@ -62,6 +68,12 @@ class DataDir:
 
     def index_db(self, table_id: str) -> Path:
         return self.root / f"index-{table_id}.db"
+
+    def outbox_db(self, table_id: str) -> Path:
+        return self.root / f"outbox-{table_id}.db"
+
+    def outbox_lock(self, table_id: str) -> Path:
+        return self.root / f"outbox-{table_id}.lock"
 
     @property
     def claims_db(self) -> Path:

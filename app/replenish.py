@@ -131,15 +131,23 @@ class ReplenishCycle:
         cutoff = self._clock() - timedelta(hours=hours)
         stale = [r for r in await self._store.processing(cutoff) if r.claimed_at is not None and r.claimed_at < cutoff]
         spent = self._settings.max_attempts
+        # only while still PROCESSING: a report accepted since the read, or not yet written to the table, wins
         changes = [
-            StatusChange(r.record_id, TaskStatus.FAILED if r.attempts >= spent else TaskStatus.PENDING) for r in stale
+            StatusChange(
+                r.record_id,
+                TaskStatus.FAILED if r.attempts >= spent else TaskStatus.PENDING,
+                if_still=TaskStatus.PROCESSING,
+            )
+            for r in stale
         ]
-        if changes:
-            await self._store.update(changes)
-        failed = sum(c.status is TaskStatus.FAILED for c in changes)
-        if changes:
-            log.warning("lease recovery: %d back to PENDING, %d FAILED", len(changes) - failed, failed)
-        return len(changes) - failed, failed
+        if not changes:
+            return 0, 0
+        skipped = set(await self._store.update(changes))
+        moved = [c for c in changes if c.record_id not in skipped]
+        failed = sum(c.status is TaskStatus.FAILED for c in moved)
+        if moved:
+            log.warning("lease recovery: %d back to PENDING, %d FAILED", len(moved) - failed, failed)
+        return len(moved) - failed, failed
 
     async def _pending(self) -> int | None:
         """The PENDING left; a count that fails must not stop the unsent from being put back."""

@@ -32,6 +32,8 @@ def every_path(data: DataDir) -> list[Path]:
         *(getattr(data, name) for name in FIXED),
         data.index_db("tblA"),
         data.index_db("tblB"),
+        data.outbox_db("tblA"),
+        data.outbox_lock("tblA"),
         data.worker_log(1),
         data.worker_log(2),
         paths.claim_owner_lock(data.claims_db, "123-abc"),
@@ -47,7 +49,7 @@ def test_every_name_is_under_data_dir_and_distinct(tmp_path):
 
 def documented(name: str) -> str:
     """The docstring writes a name with a table id or a number in it as a template."""
-    name = re.sub(r"^index-tbl\w+\.db$", "index-<table id>.db", name)
+    name = re.sub(r"^(index|outbox)-tbl\w+\.(db|lock)$", r"\1-<table id>.\2", name)
     return re.sub(r"^worker-\d+\.log$", "worker-<n>.log", name)
 
 
@@ -70,7 +72,7 @@ def test_the_claim_journal_keeps_its_owner_lock_where_paths_says(tmp_path):
 
 
 NAMES = {"tasks.db", "claims.db", "replenish.lock", "scheduler.lock", "last_replenish.json", "broker", "service.log"}
-PREFIXES = (paths.READY_PROBE_PREFIX, paths.DOCTOR_PROBE_PREFIX, "index-", "worker-", "claims-owners")
+PREFIXES = (paths.READY_PROBE_PREFIX, paths.DOCTOR_PROBE_PREFIX, "index-", "outbox-", "worker-", "claims-owners")
 
 
 def _joins(tree: ast.AST) -> list[ast.BinOp]:

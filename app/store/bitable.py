@@ -1,10 +1,12 @@
-"""The task pool in a Feishu Bitable: reads and updates here, new rows through the writer, dedup by the index."""
+"""The task pool in a Feishu Bitable: reads and updates here, new rows through the writer, dedup by the index,
+workers' reports through the outbox and its flusher."""
 
 import asyncio
 import logging
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from app.config import Settings
@@ -14,7 +16,9 @@ from app.paths import DataDir
 from app.store.chunks import chunked
 from app.store.columns import CREATED_AT, IDENTIFIER, Schema, is_identifier, load_schema, number, plain
 from app.store.feishu import FeishuTable, RecordMissing
+from app.store.flusher import MAX_UPDATE, Flusher, rows_of
 from app.store.index import IdentifierIndex, State
+from app.store.outbox import FINISHED, Outbox
 from app.store.rebuild import rebuild_index, rebuild_searches
 from app.store.searches import (
     MAX_CONDITIONS,
@@ -31,27 +35,39 @@ from app.store.writer import BatchWriter, NewRow
 
 log = logging.getLogger(__name__)
 
-MAX_UPDATE = 1_000  # records per batch_update
-MAX_GET = 100  # record ids per batch_get
 MAX_DELETE = 500  # record ids per batch_delete
 _PAGE_TOKEN = re.compile(r"[\x21-\x7e]{1,512}")  # Feishu's page tokens are opaque, but printable ASCII
 
 
 class BitableTaskStore:
-    """The task pool in a Feishu Bitable, with a local identifier index for dedup."""
+    """The task pool in a Feishu Bitable, with a local identifier index for dedup and an outbox for reports."""
 
     def __init__(
         self,
         table: FeishuTable,
         index: IdentifierIndex,
+        outbox: Outbox,
+        flush_lock: Path,
         *,
         linger_seconds: float = 0.02,
         max_wait_seconds: float = 0.5,
+        flush_seconds: float = 2.0,
+        flush_backoff_seconds: float = 1.0,
     ):
         self.table = table
         self.index = index
+        self._outbox = outbox
         self._schema = Schema()
         self._writer = BatchWriter(table, index, linger_seconds=linger_seconds, max_wait_seconds=max_wait_seconds)
+        self._flusher = Flusher(
+            table,
+            outbox,
+            self._writer,
+            lambda change: self._schema.changed_cells(change),  # the schema loaded at open, or again later
+            flush_lock,
+            window_seconds=flush_seconds,
+            backoff_seconds=flush_backoff_seconds,
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "BitableTaskStore":
@@ -66,12 +82,17 @@ class BitableTaskStore:
             attempts=settings.feishu_retry_attempts,
             backoff_base=settings.feishu_retry_base_seconds,
         )
-        index = IdentifierIndex(DataDir(settings.data_dir).index_db(settings.feishu_bitable_table_id))
+        data_dir, table_id = DataDir(settings.data_dir), settings.feishu_bitable_table_id
         return cls(
             table,
-            index,
+            IdentifierIndex(data_dir.index_db(table_id)),
+            Outbox(data_dir.outbox_db(table_id)),
+            data_dir.outbox_lock(table_id),
             linger_seconds=settings.feishu_write_linger_ms / 1000,
             max_wait_seconds=settings.feishu_write_max_wait_ms / 1000,
+            flush_seconds=settings.status_flush_seconds,
+            # after a failed flush (each call already tried FEISHU_RETRY_ATTEMPTS times): never a busy loop
+            flush_backoff_seconds=max(0.05, 2 * settings.feishu_retry_base_seconds),
         )
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
@@ -79,13 +100,16 @@ class BitableTaskStore:
     async def open(self) -> None:
         try:
             self.index.open()
+            self._outbox.open()
             if self.index.complete:
                 await self.load_schema()
             else:
                 log.warning("identifier index missing or incomplete: rebuilding it from the table")
                 await self._rebuild_and_load_schema()
             await self._writer.start()
+            self._flusher.start()  # reports a crash or an outage left in the outbox are written first
         except BaseException:
+            await self._outbox.close()
             self.index.close()
             raise
 
@@ -107,8 +131,10 @@ class BitableTaskStore:
         await self.table.list_fields()
 
     async def close(self) -> None:
+        await self._flusher.close()
         await self._writer.close()
         await self.table.aclose()
+        await self._outbox.close()
         self.index.close()
 
     # ---- adding, through the single writer ------------------------------------------------------------------
@@ -149,51 +175,90 @@ class BitableTaskStore:
         return {i: e.record_id for i, e in self.index.lookup(identifiers).items() if e.state is not State.WRITING}
 
     async def get(self, record_ids: Sequence[str]) -> dict[str, TaskRecord]:
+        """The rows as read, with the reports still in the outbox laid over them, costing no call more."""
+        waiting = self._outbox.waiting(record_ids)  # read first: a flush landing meanwhile is laid over again, alike
         found = {}
-        for chunk in chunked(list(dict.fromkeys(record_ids)), MAX_GET):
-            for record_id, fields in await self.table.batch_get(chunk):
-                found[record_id] = self._schema.decode(record_id, fields)
+        for record_id, fields in (await rows_of(self.table, record_ids)).items():
+            for change in waiting.get(record_id, ()):
+                fields |= self._schema.changed_cells(change)
+            found[record_id] = self._schema.decode(record_id, fields)
         return found
 
     async def update(self, changes: Sequence[StatusChange]) -> list[str]:
         not_found: list[str] = []
         for chunk in chunked(list(changes), MAX_UPDATE):
-            rows = [(c.record_id, self._schema.changed_cells(c)) for c in chunk]
             async with self._writer.turn():
+                await self._flusher.flush_in_turn()  # every report accepted before this write applies before it
+                chunk, moved_on = await self._still(chunk)
+                rows = [(c.record_id, self._schema.changed_cells(c)) for c in chunk]
+                missing: set[str] = set()
                 try:
-                    await self.table.batch_update(rows)
+                    if rows:
+                        await self.table.batch_update(rows)
                 except RecordMissing:  # the whole batch was refused: find the strangers, update the rest
-                    existing = {
-                        rid
-                        for ids in chunked([r for r, _ in rows], MAX_GET)
-                        for rid, _ in await self.table.batch_get(ids)
-                    }
-                    not_found += [record_id for record_id, _ in rows if record_id not in existing]
+                    existing = await rows_of(self.table, [r for r, _ in rows])
+                    missing = {record_id for record_id, _ in rows if record_id not in existing}
                     rows = [row for row in rows if row[0] in existing]
                     if rows:
                         await self.table.batch_update(rows)
+            not_found += moved_on + [c.record_id for c in chunk if c.record_id in missing]
+            applied = [c for c in chunk if c.record_id not in missing]
             await asyncio.to_thread(
-                self.index.mark_stored,
-                [(c.identifier, c.record_id) for c in chunk if c.identifier and c.record_id not in not_found],
+                self.index.mark_stored, [(c.identifier, c.record_id) for c in applied if c.identifier]
+            )
+            # a task in a worker's hands is reported without a call; once finished, or gone, it is forgotten
+            await asyncio.to_thread(
+                self._outbox.remember,
+                [c.record_id for c in applied if c.status not in FINISHED],
+                [*missing, *(c.record_id for c in applied if c.status in FINISHED)],
             )
         return not_found
 
+    async def _still(self, changes: list[StatusChange]) -> tuple[list[StatusChange], list[str]]:
+        """The changes to apply, and the record ids of those whose `if_still` no longer holds or whose row is gone."""
+        conditional = [c.record_id for c in changes if c.if_still is not None]
+        if not conditional:
+            return changes, []
+        current = await rows_of(self.table, conditional)
+
+        def holds(change: StatusChange) -> bool:
+            if change.if_still is None:
+                return True
+            fields = current.get(change.record_id)
+            return fields is not None and self._schema.decode(change.record_id, fields).status is change.if_still
+
+        return [c for c in changes if holds(c)], [c.record_id for c in changes if not holds(c)]
+
     async def report(self, changes: Sequence[StatusChange]) -> list[str]:
-        return await self.update(changes)
+        """Durable in the outbox on return, written by the flusher within STATUS_FLUSH_SECONDS.
+
+        A record id neither claimed here nor waiting in the outbox costs a `batch_get` (100 a call); one the table
+        does not have is answered, not accepted. Feishu down then fails the report (503) before any is accepted.
+        """
+        record_ids = [change.record_id for change in changes]
+        known = self._outbox.known(record_ids)
+        found = set(await rows_of(self.table, [r for r in record_ids if r not in known]))
+        accepted = [change for change in changes if change.record_id in known or change.record_id in found]
+        if accepted:
+            await self._outbox.append(accepted, found)
+            self._flusher.wake()
+        return [record_id for record_id in record_ids if record_id not in known and record_id not in found]
 
     async def counts(self) -> Counts:
         pages = await asyncio.gather(*(self.page(status, 1, None) for status in TaskStatus))
         return Counts({s.value: p.total or 0 for s, p in zip(TaskStatus, pages, strict=True)}, utc_now())
 
     def backlog(self) -> Backlog | None:
-        return None
+        return self._outbox.backlog()
 
     async def pending(self, limit: int) -> list[TaskRecord]:
+        await self._flusher.flush()  # a task reported finished must not be picked again
         return await self._search_all(pick_search(self._schema), limit=limit)
 
     async def processing(self, claimed_on_or_before: datetime) -> list[TaskRecord]:
         if not self.supports_leases:
             return []
+        await self._flusher.flush()  # a task reported finished is no longer PROCESSING, whatever the table said
         return await self._search_all(lease_search(claimed_on_or_before))
 
     @property
@@ -203,6 +268,7 @@ class BitableTaskStore:
     async def page(self, status: TaskStatus | None, limit: int, page_token: str | None) -> TaskPage:
         if page_token and not _PAGE_TOKEN.fullmatch(page_token):  # refused here, not by a call that costs quota
             raise InvalidInput("page_token is not one this service gave out")
+        await self._flusher.flush()  # the page and its total count every report accepted so far
         try:
             search = count_search(status)
             page = await self.table.search(**search, page_size=min(limit, MAX_PAGE), page_token=page_token)
@@ -227,6 +293,7 @@ class BitableTaskStore:
     # ---- pruning and the index ------------------------------------------------------------------------------
 
     async def prune(self, status: TaskStatus, created_before: datetime, *, dry_run: bool = False) -> int:
+        await self._flusher.flush()  # a task reported finished is pruned with the others
         search = prune_search(status, created_before)  # whole days: the exact time is compared here
         doomed: list[tuple[str, str | None]] = []
         token = None
@@ -249,7 +316,7 @@ class BitableTaskStore:
                 try:
                     await self.table.batch_delete(chunk)
                 except RecordMissing:  # one went meanwhile (or an earlier try landed): the batch was refused whole
-                    existing = [rid for ids in chunked(chunk, MAX_GET) for rid, _ in await self.table.batch_get(ids)]
+                    existing = list(await rows_of(self.table, chunk))
                     if existing:
                         await self.table.batch_delete(existing)
         return len(doomed)  # gone from the table, whoever deleted the last of them

@@ -10,7 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from app.claims import ClaimJournal
 from app.errors import QuotaExhausted, StoreRejected, StoreUnavailable
+from app.main import wire
 from app.models import StatusChange, TaskStatus
 from app.store import rebuild
 from app.store.bitable import BitableTaskStore
@@ -19,6 +21,7 @@ from app.store.feishu import FeishuTable, create_body
 from app.store.index import State
 from app.store.searches import find_identifiers
 from app.store.timestamps import to_ms
+from tests.support.fakes import FakePublisher, RecordingNotifier
 from tests.support.feishu import APP_TOKEN, TABLE_ID
 from tests.support.settings import bitable_settings
 from tests.support.tasks import add_all, new_task
@@ -451,6 +454,115 @@ async def test_updating_unknown_ids_falls_back_to_a_lookup_and_updates_the_rest(
     assert not_found == ["recGONE0000000000"]
     assert {row["Status"] for row in feishu.rows(APP_TOKEN, TABLE_ID).values()} == {"SUCCESS"}
     assert feishu.count("batch_update") == 2 and feishu.count("batch_get") == 1
+
+
+# ---- reports: accepted into the outbox, seen at once ----------------------------------------------------
+
+LONG = 3_600  # no flush window ends in these tests: only reads, updates and closes write the outbox
+
+
+async def claimed_tasks(store: BitableTaskStore, count: int, claimed_at: datetime | None = None) -> list[str]:
+    stored = await add_all(store, [new_task(n) for n in range(count)])
+    ids = [s.record_id for s in stored]
+    at = claimed_at or datetime.now(UTC)
+    await store.update([StatusChange(i, TaskStatus.PROCESSING, claimed_at=at, attempts=1) for i in ids])
+    return ids
+
+
+async def test_get_sees_a_report_at_once_laid_over_the_row_without_a_write(feishu, tmp_path):
+    store = await open_store(feishu, tmp_path, status_flush_seconds=LONG)
+    a, b, c = await claimed_tasks(store, 3)
+    feishu.reset_calls()
+    changes = [StatusChange(a, TaskStatus.SUCCESS), StatusChange(b, TaskStatus.FAILED)]
+    assert await store.report(changes) == []
+    await store.report([StatusChange(a, TaskStatus.PENDING)])  # later: wins over the earlier one
+    records = await store.get([a, b, c])
+    assert [records[i].status for i in (a, b, c)] == [TaskStatus.PENDING, TaskStatus.FAILED, TaskStatus.PROCESSING]
+    assert records[a].attempts == 1 and records[a].payload == {"n": 0}  # the rest of the row as read
+    assert (feishu.count("batch_update"), feishu.count("batch_get")) == (0, 1)
+    assert {row["Status"] for row in feishu.rows(APP_TOKEN, TABLE_ID).values()} == {"PROCESSING"}
+    await store.close()
+
+
+async def test_lists_counts_and_the_pick_see_reports_at_once(feishu, tmp_path):
+    store = await open_store(feishu, tmp_path, status_flush_seconds=LONG)
+    done, *_ = await claimed_tasks(store, 2)
+    waiting = await add_all(store, [new_task(10), new_task(11)])
+    await store.report(
+        [StatusChange(done, TaskStatus.SUCCESS), StatusChange(waiting[0].record_id, TaskStatus.CANCELLED)]
+    )
+    page = await store.page(TaskStatus.SUCCESS, 10, None)
+    assert ([r.record_id for r in page.items], page.total) == ([done], 1)
+    assert [r.record_id for r in await store.pending(10)] == [waiting[1].record_id]  # the cancelled one is not picked
+    assert (await store.counts()).by_status["CANCELLED"] == 1
+    assert feishu.count("batch_update", code=0) == 2  # the claim, and one flush for everything the reads saw
+    await store.close()
+
+
+async def test_an_id_not_claimed_here_is_looked_up_once_and_an_unknown_one_answered_not_found(feishu, tmp_path):
+    store = await open_store(feishu, tmp_path, status_flush_seconds=LONG)
+    (stored,) = await add_all(store, [new_task(1)])
+    feishu.reset_calls()
+    changes = [StatusChange(stored.record_id, TaskStatus.CANCELLED), StatusChange("recNOPE00000000", TaskStatus.FAILED)]
+    assert await store.report(changes) == ["recNOPE00000000"]
+    assert await store.report([StatusChange(stored.record_id, TaskStatus.PENDING)]) == []  # found: now known
+    assert (feishu.count("batch_get"), feishu.count("batch_update")) == (1, 0)
+    assert store.backlog().depth == 2
+    await store.close()
+
+
+async def test_a_report_that_needs_a_lookup_while_feishu_is_down_is_refused_whole(feishu, tmp_path):
+    store = await open_store(feishu, tmp_path, status_flush_seconds=LONG, feishu_retry_attempts=1)
+    (known,) = await claimed_tasks(store, 1)
+    feishu.add_fault("server_error", endpoint="batch_get")
+    with pytest.raises(StoreUnavailable):
+        await store.report([StatusChange(known, TaskStatus.SUCCESS), StatusChange("recELSE0000000", TaskStatus.FAILED)])
+    assert store.backlog().depth == 0  # nothing of it accepted: sending it again is safe
+    assert await store.report([StatusChange(known, TaskStatus.SUCCESS)]) == []  # known ids need no call
+    await store.close()
+
+
+async def test_a_direct_write_goes_after_every_report_accepted_before_it(feishu, tmp_path):
+    store = await open_store(feishu, tmp_path, status_flush_seconds=LONG)
+    (record_id,) = await claimed_tasks(store, 1)
+    await store.report([StatusChange(record_id, TaskStatus.FAILED)])
+    feishu.reset_calls()
+    assert await store.update([StatusChange(record_id, TaskStatus.PENDING, attempts=0)]) == []  # an operator's retry
+    assert [c.endpoint for c in feishu.calls] == ["batch_update", "batch_update"]  # the report, then the retry
+    assert feishu.rows(APP_TOKEN, TABLE_ID)[record_id]["Status"] == "PENDING"
+    assert store.backlog().depth == 0
+    await store.close()
+
+
+async def test_an_update_with_if_still_skips_rows_no_longer_in_that_status(feishu, tmp_path):
+    store = await open_store(feishu, tmp_path, status_flush_seconds=LONG)
+    reported, still, gone = await claimed_tasks(store, 3)
+    await store.report([StatusChange(reported, TaskStatus.SUCCESS)])
+    await store.table.batch_delete([gone])
+    back = [StatusChange(i, TaskStatus.PENDING, if_still=TaskStatus.PROCESSING) for i in (reported, still, gone)]
+    assert sorted(await store.update(back)) == sorted([reported, gone])
+    rows = feishu.rows(APP_TOKEN, TABLE_ID)
+    assert (rows[reported]["Status"], rows[still]["Status"]) == ("SUCCESS", "PENDING")
+    await store.close()
+
+
+async def test_lease_recovery_never_requeues_a_task_reported_success_that_the_table_has_not_caught_up_with(
+    feishu, tmp_path
+):
+    settings = bitable_settings(feishu, tmp_path, status_flush_seconds=LONG, lease_timeout_hours=1)
+    store = BitableTaskStore.from_settings(settings)
+    await store.open()
+    journal = ClaimJournal(tmp_path / "claims.db")
+    journal.open()
+    cycle = wire(store, settings, publisher=FakePublisher(), notifier=RecordingNotifier(), journal=journal).cycle
+    succeeded, expired = await claimed_tasks(store, 2, claimed_at=datetime.now(UTC) - timedelta(hours=2))
+    await store.report([StatusChange(succeeded, TaskStatus.SUCCESS)])
+    assert feishu.rows(APP_TOKEN, TABLE_ID)[succeeded]["Status"] == "PROCESSING"  # Bitable has not caught up
+    assert await cycle.recover_leases() == (1, 0)  # the expired one alone
+    rows = feishu.rows(APP_TOKEN, TABLE_ID)
+    assert (rows[succeeded]["Status"], rows[expired]["Status"]) == ("SUCCESS", "PENDING")
+    journal.close()
+    await store.close()
 
 
 async def test_feishu_timeout_bounds_every_call(feishu, tmp_path):
