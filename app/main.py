@@ -3,7 +3,7 @@
 import gc
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -64,19 +64,18 @@ def wire(
 @asynccontextmanager
 async def running_services(settings: Settings) -> AsyncIterator[Services]:
     """Every adapter the services need, opened once and closed in reverse: for the app and the CLI alike."""
-    store = build_store(settings)
-    await store.open()
-    publisher = CeleryPublisher(settings)
-    notifier = build_notifier(settings.feishu_robot_webhook_url, settings.feishu_robot_secret.get_secret_value())
-    journal = ClaimJournal(DataDir(settings.data_dir).claims_db)
-    journal.open()
-    try:
+    async with AsyncExitStack() as opened:  # a part that fails to open closes the ones opened before it
+        store = build_store(settings)
+        await store.open()
+        opened.push_async_callback(store.close)
+        journal = ClaimJournal(DataDir(settings.data_dir).claims_db)
+        journal.open()
+        opened.callback(journal.close)
+        publisher = CeleryPublisher(settings)
+        opened.push_async_callback(publisher.close)
+        notifier = build_notifier(settings.feishu_robot_webhook_url, settings.feishu_robot_secret.get_secret_value())
+        opened.push_async_callback(notifier.close)
         yield wire(store, settings, publisher=publisher, notifier=notifier, journal=journal)
-    finally:
-        await notifier.close()
-        await publisher.close()
-        journal.close()
-        await store.close()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -27,6 +27,7 @@ BENCHES = {
     "f": "bench.bench_dedup_growth",
     "g": "bench.bench_ingest_latency",
     "h": "bench.bench_request_limits",
+    "i": "bench.bench_feishu_budget",  # also answers j and k
 }
 
 
@@ -42,7 +43,7 @@ def machine() -> str:
     return f"{platform.node()}: {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {platform.system()}"
 
 
-def run_one(module: str, smoke: bool, console: Console) -> dict:
+def run_one(module: str, smoke: bool, console: Console) -> list[dict]:
     command = [sys.executable, "-m", module, *(["--smoke"] if smoke else [])]
     console.print(f"[bold]{module}[/bold] …")
     proc = subprocess.run(
@@ -51,7 +52,7 @@ def run_one(module: str, smoke: bool, console: Console) -> dict:
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise SystemExit(f"{module} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}")
-    return json.loads(lines[-1])
+    return [json.loads(line) for line in lines if '"key"' in line]
 
 
 def main() -> None:
@@ -61,7 +62,7 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true", help="do not append to bench/RESULTS.md")
     args = parser.parse_args()
     console = Console()
-    results = [run_one(BENCHES[key], args.smoke, console) for key in args.only.split(",")]
+    results = [result for key in args.only.split(",") for result in run_one(BENCHES[key], args.smoke, console)]
     table = Table("#", "what", "target", "measured", "met", "details")
     for r in results:
         details = ", ".join(f"{k}={v}" for k, v in r["details"].items())
