@@ -114,10 +114,11 @@ class Flusher:
 
     async def close(self) -> None:
         """Stop the timer, then one last flush, bounded: what it leaves stays in the outbox for the next start."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        if self._task is None:  # never started: the store did not open
+            return
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        self._task = None
         try:
             async with asyncio.timeout(_CLOSE_SECONDS):
                 await self.flush()
@@ -187,9 +188,8 @@ class Flusher:
             rows.setdefault(entry.change.record_id, {}).update(self._cells(entry.change))
         written = await self._write(rows)
         refused = [entry for entry in entries if entry.change.record_id in written.refused]
-        await asyncio.to_thread(self._outbox.done, entries, refused, written.reason)
+        await asyncio.to_thread(self._outbox.done, entries, refused, written.reason, written.missing)
         if written.missing:
-            await asyncio.to_thread(self._outbox.remember, (), written.missing)
             log.warning(
                 "dropped %d status reports: their records are gone from the table (%s)",
                 sum(entry.change.record_id in written.missing for entry in entries),
@@ -197,10 +197,9 @@ class Flusher:
             )
         if refused:
             log.error(
-                "Feishu refused %d status reports even as bare statuses (%s); kept aside in %s: %s",
+                "Feishu refused %d status reports even as bare statuses (%s); kept in the outbox's `refused` table: %s",
                 len(refused),
                 _some(written.refused),
-                "the outbox's `refused` table",
                 written.reason,
             )
         return True

@@ -206,24 +206,24 @@ class Outbox:
         return [Entry(seq, _decode(record_id, change), accepted_at) for seq, record_id, change, accepted_at in rows]
 
     @local_storage("the outbox")
-    def done(self, entries: Sequence[Entry], refused: Sequence[Entry] = (), reason: str = "") -> None:
+    def done(
+        self, entries: Sequence[Entry], refused: Sequence[Entry] = (), reason: str = "", gone: Iterable[str] = ()
+    ) -> None:
         """Delete entries the table confirmed or answered for good, keeping the `refused` ones aside.
 
         Durable: an entry written again after a power cut could undo a later direct write to its record.
-        Record ids whose last change here finishes their task are forgotten, as are those found missing.
+        Record ids whose last change here finishes their task are forgotten, as are those `gone` from the table.
         """
         now = time.time()
         last = {entry.change.record_id: entry.change.status for entry in entries}
+        forget = [record_id for record_id, status in last.items() if status in FINISHED] + list(gone)
         with self._file.transaction(durable=True) as db:
             db.executemany(
                 "INSERT INTO refused VALUES (?, ?, ?, ?, ?)",
                 [(e.change.record_id, _encode(e.change), e.accepted_at, now, reason) for e in refused],
             )
             db.executemany("DELETE FROM entries WHERE seq = ?", [(entry.seq,) for entry in entries])
-            db.executemany(
-                "DELETE FROM known WHERE record_id = ?",
-                [(record_id,) for record_id, status in last.items() if status in FINISHED],
-            )
+            db.executemany("DELETE FROM known WHERE record_id = ?", [(record_id,) for record_id in forget])
 
     @local_storage("the outbox")
     def remember(self, record_ids: Iterable[str], forget: Iterable[str] = ()) -> None:
