@@ -107,7 +107,7 @@ class BitableTaskStore:
                 log.warning("identifier index missing or incomplete: rebuilding it from the table")
                 await self._rebuild_and_load_schema()
             await self._writer.start()
-            self._flusher.start()  # reports a crash or an outage left in the outbox are written first
+            self._flusher.start()  # what a crash or an outage left in the outbox is due at once
         except BaseException:
             await self._outbox.close()
             self.index.close()
