@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from app.errors import StoreUnavailable
 from app.models import StatusChange, TaskStatus
 from app.paths import DataDir
 from app.store.bitable import BitableTaskStore
@@ -138,7 +139,7 @@ async def test_a_read_during_an_outage_fails_rather_than_answer_without_the_repo
     (record_id,) = await claimed(store, 1)
     await store.report(report(TaskStatus.SUCCESS, record_id))
     feishu.add_fault("server_error", endpoint="batch_update")
-    with pytest.raises(Exception, match="batch_update"):
+    with pytest.raises(StoreUnavailable, match="batch_update"):
         await store.pending(10)
     assert (await store.get([record_id]))[record_id].status is TaskStatus.SUCCESS  # laid over, no write needed
     feishu.clear_faults()
