@@ -86,6 +86,7 @@ def first_release_file(path: Path) -> str:
     path.parent.mkdir(parents=True)
     task = new_task(1)
     with sqlite3.connect(path) as db:
+        db.execute("PRAGMA journal_mode=WAL")  # as the first release left it
         db.executescript(_FIRST_SCHEMA)
         db.execute(
             "INSERT INTO tasks VALUES (?,?,?,?,?,?,?,?)",
