@@ -5,9 +5,10 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Discriminator, Field, Tag
 
 from app.errors import StoreUnavailable
+from app.identity import MAX_PAYLOAD_CHARS
 
 RECORD_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # Bitable's record ids and ours; anything else is no record id
 
@@ -184,17 +185,38 @@ class StatsOut(BaseModel):
 RecordIdStr = Annotated[str, Field(pattern=RECORD_ID_PATTERN)]
 
 
+MAX_ERROR_CHARS = 2_000  # a report's error text past this is cut in its middle, keeping its start and its end
+
+
 class ReportItem(BaseModel):
     """One task's report with what it produced: its result object and, for a failure, the error text."""
 
     model_config = {"extra": "forbid"}
 
     record_id: RecordIdStr
-    result: dict[str, Any] | None = None
-    error: str | None = None
+    result: dict[str, Any] | None = Field(
+        None, description=f"a JSON object of at most {MAX_PAYLOAD_CHARS:,} characters of canonical JSON"
+    )
+    error: str | None = Field(
+        None, description=f"the error text; past {MAX_ERROR_CHARS:,} characters its middle is cut and marked"
+    )
 
 
-ReportEntry = RecordIdStr | ReportItem
+def _report_kind(entry: Any) -> str | None:
+    if isinstance(entry, str):
+        return "record_id"
+    return "report" if isinstance(entry, dict | ReportItem) else None
+
+
+# tagged, so a bad entry is answered with the one problem it has, not with one per shape it could have had
+ReportEntry = Annotated[
+    Annotated[RecordIdStr, Tag("record_id")] | Annotated[ReportItem, Tag("report")],
+    Discriminator(
+        _report_kind,
+        custom_error_type="report_entry",
+        custom_error_message='a report is a record id or an object {"record_id", "result", "error"}',
+    ),
+]
 
 
 class BulkStatusUpdate(BaseModel):

@@ -15,6 +15,7 @@ from app.errors import Conflict, InvalidInput, NotFound, ServiceError, StoreUnav
 from app.identity import MAX_PAYLOAD_CHARS, canonical_json, task_identifier
 from app.metrics import POOL_TASKS, QUEUE_DEPTH, STATUS_UPDATES, TASKS_INGESTED
 from app.models import (
+    MAX_ERROR_CHARS,
     BulkStatusUpdate,
     ErrorOut,
     IngestResponse,
@@ -38,6 +39,7 @@ from app.store.base import TaskStore
 from app.store.sqlite_file import local_storage
 
 _INLINE_PAYLOADS = 100  # more than this many payloads are canonicalized and hashed on a thread
+_CUT_MARK = "\n[… {:,} characters cut …]\n"
 
 
 class TaskService:
@@ -111,18 +113,20 @@ class TaskService:
         twice = set()
         now = self.clock()
         for status in update.model_fields_set:
-            for entry in getattr(update, status):
-                item = entry if isinstance(entry, ReportItem) else ReportItem(record_id=entry)
-                if item.record_id in owners:  # the first report of a record in a request wins
-                    if owners[item.record_id] != status:
-                        twice.add(item.record_id)
+            finished = now if status in (TaskStatus.SUCCESS, TaskStatus.FAILED) else None
+            for index, entry in enumerate(getattr(update, status)):
+                if isinstance(entry, ReportItem):
+                    record_id, where = entry.record_id, f"{status} item {index} ({entry.record_id})"
+                    result, error = _checked_result(entry.result, where), _checked_error(entry.error, where)
+                else:
+                    record_id, result, error = entry, None, None
+                if record_id in owners:  # the first report of a record in a request wins
+                    if owners[record_id] != status:
+                        twice.add(record_id)
                     continue
-                owners[item.record_id] = status
-                finished = now if status in (TaskStatus.SUCCESS, TaskStatus.FAILED) else None
+                owners[record_id] = status
                 changes.append(
-                    StatusChange(
-                        item.record_id, TaskStatus(status), result=item.result, error=item.error, finished_at=finished
-                    )
+                    StatusChange(record_id, TaskStatus(status), result=result, error=error, finished_at=finished)
                 )
         if twice:
             raise InvalidInput(f"record ids listed under two statuses: {', '.join(sorted(twice))}")
@@ -269,6 +273,39 @@ def _checked_canonical(payload: dict[str, Any], index: int) -> str:
             f"the limit is {MAX_PAYLOAD_CHARS:,}"
         )
     return canonical
+
+
+def _checked_result(result: dict[str, Any] | None, where: str) -> dict[str, Any] | None:
+    """A result is stored as canonical JSON, so it has a payload's limits."""
+    if result is None:
+        return None
+    try:
+        canonical = canonical_json(result)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{where}: result {exc.detail.removeprefix('payload ')}") from None
+    if len(canonical) > MAX_PAYLOAD_CHARS:
+        raise InvalidInput(
+            f"{where}: result is {len(canonical):,} characters of canonical JSON; the limit is {MAX_PAYLOAD_CHARS:,}"
+        )
+    return result
+
+
+def _checked_error(error: str | None, where: str) -> str | None:
+    """Error text as stored: none when empty; past MAX_ERROR_CHARS cut, not refused (the status matters more).
+
+    The cut keeps the start (what the worker said) and the end (a traceback's last line names the exception).
+    """
+    if not error:
+        return None
+    try:
+        error.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{where}: error is not representable as UTF-8 (a lone surrogate)") from None
+    if len(error) <= MAX_ERROR_CHARS:
+        return error
+    room = MAX_ERROR_CHARS - len(_CUT_MARK.format(len(error)))  # the mark is longest when it counts every character
+    head = room // 2
+    return error[:head] + _CUT_MARK.format(len(error) - room) + error[len(error) - (room - head) :]
 
 
 def _priority_note(priority: int | None, stored: Iterable[Stored]) -> str | None:

@@ -6,8 +6,9 @@ default) and sends the service's own API key. Run it from the repository root, b
 
     .venv/bin/celery -A examples.worker worker -Q celery --concurrency 2 --loglevel INFO
 
-Each task does sample work (a Fibonacci number and a short sleep), fails now and then, and reports
-SUCCESS or FAILED back through POST /api/tasks/update-status, using its own task id as the record id.
+Each task does sample work (a Fibonacci number and a short sleep) and fails now and then. It reports back
+through POST /api/tasks/update-status, using its own task id as the record id: SUCCESS with what the work
+returned as `result` (when that is a JSON object), or FAILED with the exception as `error` ("Type: text").
 
 Its own settings, read the same way: TASK_MANAGER_URL (default: http://HOST:PORT), TASK_MANAGER_API_KEY
 (default: the first of API_KEYS), WORKER_FAIL_RATE (default 0.1), WORKER_SLEEP_SECONDS (default 0.05). On RabbitMQ
@@ -23,7 +24,7 @@ import time
 import httpx
 from kombu import Exchange, Queue
 from pydantic import Field, SecretStr
-from tenacity import retry, stop_after_delay, wait_exponential
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
 from app.broker import make_celery
 from app.config import Settings, load_settings
@@ -76,19 +77,52 @@ def fibonacci(n: int) -> int:
     return a
 
 
-@retry(stop=stop_after_delay(60), wait=wait_exponential(multiplier=0.5, max=10), reraise=True)
-def report(record_id: str, status: str) -> None:
-    response = _client.post(f"{SERVICE_URL}/api/tasks/update-status", json={status: [record_id]})
+class SimulatedFailure(Exception):
+    """The failure WORKER_FAIL_RATE asks for, so the FAILED path runs too."""
+
+
+def work(payload: dict) -> dict:
+    """The sample work: a Fibonacci number chosen by the payload, then a short sleep."""
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).digest()
+    n = 20 + digest[0] % 10
+    value = fibonacci(n)
+    time.sleep(settings.worker_sleep_seconds)
+    if random.random() < settings.worker_fail_rate:
+        raise SimulatedFailure(f"fibonacci({n}) was not to be (WORKER_FAIL_RATE {settings.worker_fail_rate})")
+    return {"n": n, "fibonacci": value}
+
+
+def _may_pass(exc: BaseException) -> bool:
+    """A refused report (4xx) is refused again; the network, a 5xx or a 429 may pass on a later try."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code >= 500 or exc.response.status_code in (408, 429)
+    return isinstance(exc, httpx.TransportError)
+
+
+@retry(
+    retry=retry_if_exception(_may_pass),
+    stop=stop_after_delay(60),
+    wait=wait_exponential(multiplier=0.5, max=10),
+    reraise=True,
+)
+def report(status: str, item: dict) -> None:
+    response = _client.post(f"{SERVICE_URL}/api/tasks/update-status", json={status: [item]})
     response.raise_for_status()
 
 
 @app.task(name=settings.celery_task_name, bind=True)
-def simulate_task(self, *args, **kwargs) -> str:
+def simulate_task(self, *args, **kwargs):
     payload = args[0] if args else kwargs
-    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).digest()
-    value = fibonacci(20 + digest[0] % 10)
-    time.sleep(settings.worker_sleep_seconds)
-    status = "FAILED" if random.random() < settings.worker_fail_rate else "SUCCESS"
-    report(self.request.id, status)
-    log.info("task %s: fib=%d → %s", self.request.id, value, status)
-    return status
+    record_id = self.request.id
+    try:
+        result = work(payload)
+    except Exception as exc:
+        report("FAILED", {"record_id": record_id, "error": f"{type(exc).__name__}: {exc}"})
+        log.info("task %s → FAILED (%s)", record_id, exc)
+        return None
+    item = {"record_id": record_id}
+    if isinstance(result, dict):  # a result is a JSON object; anything else is reported as the status alone
+        item["result"] = result
+    report("SUCCESS", item)
+    log.info("task %s → SUCCESS", record_id)
+    return result

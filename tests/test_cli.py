@@ -83,12 +83,13 @@ def test_setup_bitable_creates_the_missing_columns_and_leaves_the_rest(feishu, t
     feishu.add_table(APP_TOKEN, "tblNEW", [("Identifier", 1), ("Notes", 1), ("Attempts", 1)])
     result = run_cli("setup-bitable", env=bitable_env(feishu, tmp_path, "tblNEW"), cwd=tmp_path)
     assert result.returncode == 1, result.stdout  # Attempts exists with the wrong type: said, not changed
-    assert "created: Status, Payload, CreatedAt, Priority, ClaimedAt" in " ".join(result.stdout.split())
+    created = "created: Status, Payload, CreatedAt, Priority, ClaimedAt, Result, Error, FinishedAt"
+    assert created in " ".join(result.stdout.split())
     assert "Attempts (type 1, needs 2)" in " ".join(result.stdout.split())
     feishu.insert_rows(APP_TOKEN, "tblNEW", [{"Status": "FAILED", "CreatedAt": 1, "Priority": 2.5}])
     again = run_cli("setup-bitable", env=bitable_env(feishu, tmp_path, "tblNEW"), cwd=tmp_path)
     assert "every column is already there" in again.stdout
-    assert feishu.count("fields_create") == 5
+    assert feishu.count("fields_create") == 8
 
 
 def test_setup_bitable_on_the_embedded_store_says_what_it_needs(tmp_path):

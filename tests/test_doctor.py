@@ -90,6 +90,24 @@ async def test_a_missing_column_is_named_with_the_features_it_turns_off(feishu, 
     assert checks["feishu.filters"].status is Status.SKIP
 
 
+async def test_the_result_columns_are_checked_and_a_table_without_them_is_only_warned(feishu, tmp_path):
+    checks = await doctor(bitable_settings(feishu, tmp_path / "data"))
+    assert [checks[f"feishu.column.{name}"].line() for name in ("Result", "Error", "FinishedAt")] == [
+        "ok    feishu.column.Result: text",
+        "ok    feishu.column.Error: text",
+        "ok    feishu.column.FinishedAt: date",
+    ]
+    older = [spec for spec in DEFAULT_FIELDS if spec[0] not in ("Result", "Error", "FinishedAt")]
+    feishu.add_table(APP_TOKEN, "tblOLDER", [*older, ("Error", 2)])
+    checks = await doctor(bitable_settings(feishu, tmp_path / "data", feishu_bitable_table_id="tblOLDER"))
+    result, error, finished = (checks[f"feishu.column.{n}"] for n in ("Result", "Error", "FinishedAt"))
+    assert {result.status, error.status, finished.status} == {Status.WARN}
+    assert "missing: workers' results are not kept" in result.detail and "setup-bitable" in result.fix
+    assert error.detail.startswith("of type number, needs text: workers' error texts are not kept")
+    assert "finish times are not kept" in finished.detail
+    assert not [c for c in checks.values() if c.status is Status.FAIL and c.name.startswith("feishu.")]
+
+
 async def test_a_wrong_table_id_is_named(feishu, tmp_path):
     checks = await doctor(bitable_settings(feishu, tmp_path / "data", feishu_bitable_table_id="tblNOPE"))
     assert checks["feishu.token"].status is Status.OK

@@ -1,5 +1,7 @@
 """The whole loop for real: ingest → replenish → the example worker in its own process → every task SUCCESS."""
 
+import json
+
 import httpx
 import pytest
 
@@ -33,7 +35,9 @@ def test_the_loop_on_the_embedded_default(tmp_path):
     env = {"DATA_DIR": str(tmp_path / "data")}
     with service_process(env, tmp_path) as url:
         counts = run_loop(url, env, tmp_path, "celery", 40)
+        tasks = httpx.get(f"{url}/api/tasks", params={"limit": 100}, timeout=10).json()["items"]
     assert counts == {"PENDING": 0, "PROCESSING": 0, "SUCCESS": 40, "FAILED": 0, "CANCELLED": 0}
+    assert all(task["result"]["fibonacci"] >= 6765 and task["finished_at"] for task in tasks)  # the worker's own
 
 
 def test_the_example_worker_reads_api_keys_from_dotenv_as_the_service_does(tmp_path):
@@ -82,6 +86,7 @@ def test_the_loop_on_rabbitmq_and_the_feishu_emulator(tmp_path, feishu, rabbit_u
     assert len(rows) == 60
     assert {row["Status"] for row in rows} == {"SUCCESS"}
     assert {row["Attempts"] for row in rows} == {1}
+    assert all(json.loads(row["Result"])["fibonacci"] >= 6765 and row["FinishedAt"] for row in rows)
 
 
 @pytest.mark.broker

@@ -21,6 +21,9 @@ FEATURES_OFF = {
     "Priority": "tasks are picked oldest first, whatever priority they were pushed with",
     "Attempts": "claims are not counted, and lease recovery is off (it needs Attempts and ClaimedAt)",
     "ClaimedAt": "lease recovery is off: a task whose worker died stays PROCESSING",
+    "Result": "workers' results are not kept (GET /api/tasks/{id} answers result null)",
+    "Error": "workers' error texts are not kept (GET /api/tasks/{id} answers error null)",
+    "FinishedAt": "finish times are not kept (GET /api/tasks/{id} answers finished_at null)",
 }
 SETUP = "run `python -m app setup-bitable` (it adds missing columns; one of the wrong type you rename by hand)"
 QUOTA = "wait for the tenant's monthly API quota to reset, or raise it (the free plan has 10,000 calls a month)"

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.errors import StoreRejected
+from app.identity import canonical_json
 from app.models import NewTask, StatusChange, TaskRecord, TaskStatus
 from app.store.feishu import FeishuTable
 from app.store.timestamps import from_ms, to_ms
@@ -19,13 +20,19 @@ PLAIN_TYPES = {TEXT, NUMBER, SINGLE_SELECT, DATE}
 
 IDENTIFIER, STATUS, PAYLOAD, CREATED_AT = "Identifier", "Status", "Payload", "CreatedAt"
 PRIORITY, ATTEMPTS, CLAIMED_AT = "Priority", "Attempts", "ClaimedAt"
+RESULT, ERROR, FINISHED_AT = "Result", "Error", "FinishedAt"
 REQUIRED = {IDENTIFIER: TEXT, STATUS: SINGLE_SELECT, PAYLOAD: TEXT, CREATED_AT: DATE}
-OPTIONAL = {PRIORITY: NUMBER, ATTEMPTS: NUMBER, CLAIMED_AT: DATE}
+OPTIONAL = {PRIORITY: NUMBER, ATTEMPTS: NUMBER, CLAIMED_AT: DATE, RESULT: TEXT, ERROR: TEXT, FINISHED_AT: DATE}
 COLUMNS = {**REQUIRED, **OPTIONAL}
 STATUS_OPTIONS = {"options": [{"name": status.value} for status in TaskStatus]}
 # date and time, not the day alone (the field guide's date property: date_formatter, auto_fill)
 DATE_AND_TIME = {"date_formatter": "yyyy/MM/dd HH:mm", "auto_fill": False}
-COLUMN_PROPERTIES = {STATUS: STATUS_OPTIONS, CREATED_AT: DATE_AND_TIME, CLAIMED_AT: DATE_AND_TIME}
+COLUMN_PROPERTIES = {
+    STATUS: STATUS_OPTIONS,
+    CREATED_AT: DATE_AND_TIME,
+    CLAIMED_AT: DATE_AND_TIME,
+    FINISHED_AT: DATE_AND_TIME,
+}
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -40,7 +47,7 @@ class Schema:
 
     @property
     def mirrors(self) -> dict[str, int]:
-        """Plain columns a same-named top-level payload key is copied into, for sorting and filtering."""
+        """Plain columns a same-named top-level payload or result key is copied into, for sorting and filtering."""
         return {name: t for name, t in self.types.items() if t in PLAIN_TYPES and name not in COLUMNS}
 
     @property
@@ -49,12 +56,7 @@ class Schema:
 
     def new_row(self, task: NewTask, created_at: int) -> dict[str, Any]:
         """The cells of a new task's row: its mirrors, then the service columns that exist."""
-        row = {}
-        for name, column_type in self.mirrors.items():
-            if name in task.payload:
-                value = mirror_value(task.payload[name], column_type)
-                if value is not None:
-                    row[name] = value
+        row = self._mirror_cells(task.payload)
         row |= {IDENTIFIER: task.identifier, STATUS: task.status.value, PAYLOAD: task.canonical, CREATED_AT: created_at}
         if task.priority is not None and self.has(PRIORITY):
             row[PRIORITY] = task.priority
@@ -63,9 +65,27 @@ class Schema:
         return row
 
     def changed_cells(self, change: StatusChange) -> dict[str, Any]:
-        cells = {STATUS: change.status.value, **self._claim_cells(change.claimed_at, change.attempts)}
+        """The cells a change writes: only what it carries, so a report without a result keeps the last one."""
+        cells = self._mirror_cells(change.result) if change.result is not None else {}
+        cells |= {STATUS: change.status.value, **self._claim_cells(change.claimed_at, change.attempts)}
         if change.identifier:
             cells[IDENTIFIER] = change.identifier
+        if change.result is not None and self.has(RESULT):
+            cells[RESULT] = canonical_json(change.result)
+        if change.error is not None and self.has(ERROR):
+            cells[ERROR] = change.error
+        if change.finished_at is not None and self.has(FINISHED_AT):
+            cells[FINISHED_AT] = to_ms(change.finished_at)
+        return cells
+
+    def _mirror_cells(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Top-level keys (of a payload or a result) copied into same-named plain columns, where they fit."""
+        cells = {}
+        for name, column_type in self.mirrors.items():
+            if name in values:
+                value = mirror_value(values[name], column_type)
+                if value is not None:
+                    cells[name] = value
         return cells
 
     def _claim_cells(self, claimed_at: Any, attempts: int | None) -> dict[str, Any]:
@@ -79,10 +99,11 @@ class Schema:
     def decode(self, record_id: str, fields: dict[str, Any]) -> TaskRecord:
         """A row as read back (search and batch_get shapes) as a task."""
         cells = {name: plain(value) for name, value in fields.items()}
-        payload = payload_of(cells.get(PAYLOAD))
+        payload = json_object(cells.get(PAYLOAD))
         if payload is None:  # typed in by hand: its plain columns are the payload
             payload = {k: v for k, v in cells.items() if k not in COLUMNS and self.types.get(k) in PLAIN_TYPES}
         status = cells.get(STATUS)
+        error = cells.get(ERROR) if self.has(ERROR) else None
         return TaskRecord(
             record_id=record_id,
             identifier=cells.get(IDENTIFIER) or None,
@@ -92,6 +113,9 @@ class Schema:
             created_at=from_ms(number(cells.get(CREATED_AT))),
             claimed_at=from_ms(number(cells.get(CLAIMED_AT))),
             attempts=int(number(cells.get(ATTEMPTS)) or 0),
+            result=json_object(cells.get(RESULT)) if self.has(RESULT) else None,
+            error=error if isinstance(error, str) and error else None,
+            finished_at=from_ms(number(cells.get(FINISHED_AT))) if self.has(FINISHED_AT) else None,
         )
 
 
@@ -110,8 +134,8 @@ async def load_schema(table: FeishuTable) -> Schema:
     missing = [name for name in OPTIONAL if not schema.has(name)]
     if missing:
         log.warning(
-            "optional columns missing or of another type: %s; priority ordering, attempts and lease recovery "
-            "need them (`python -m app setup-bitable` adds them)",
+            "optional columns missing or of another type: %s; priority ordering, attempts, lease recovery and "
+            "workers' results, errors and finish times need them (`python -m app setup-bitable` adds them)",
             ", ".join(missing),
         )
     return schema
@@ -149,8 +173,8 @@ def number(value: Any) -> float | None:
     return result if math.isfinite(result) else None
 
 
-def payload_of(text: Any) -> dict[str, Any] | None:
-    """The payload a Payload cell holds, or None when it holds none (empty, not JSON, not an object)."""
+def json_object(text: Any) -> dict[str, Any] | None:
+    """The object a Payload or Result cell holds, or None when it holds none (empty, not JSON, not an object)."""
     if not isinstance(text, str) or not text:
         return None
     try:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from app.errors import InvalidInput, StoreUnavailable
+from app.identity import canonical_json
 from app.models import Added, Backlog, Counts, NewTask, StatusChange, Stored, TaskPage, TaskRecord, TaskStatus, utc_now
 from app.store.chunks import chunked
 from app.store.sqlite_file import SqliteFile, local_storage
@@ -27,13 +28,24 @@ CREATE TABLE IF NOT EXISTS tasks (
     priority    REAL,
     created_at  INTEGER NOT NULL,
     claimed_at  INTEGER,
-    attempts    INTEGER NOT NULL DEFAULT 0
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    result      TEXT,
+    error       TEXT,
+    finished_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, priority DESC, created_at);
 -- identifiers of pruned rows: still duplicates forever
 CREATE TABLE IF NOT EXISTS pruned (identifier TEXT PRIMARY KEY);
 """
-_COLUMNS = "record_id, identifier, status, payload, priority, created_at, claimed_at, attempts"
+_INSERTED = "record_id, identifier, status, payload, priority, created_at, claimed_at, attempts"
+_COLUMNS = f"{_INSERTED}, result, error, finished_at"
+# columns added after the first release: a tasks.db made before them gets them at open
+_ADDED = {"result": "TEXT", "error": "TEXT", "finished_at": "INTEGER"}
+_UPDATE = (
+    "UPDATE tasks SET status = ?, claimed_at = COALESCE(?, claimed_at), attempts = COALESCE(?, attempts),"
+    " result = COALESCE(?, result), error = COALESCE(?, error), finished_at = COALESCE(?, finished_at)"
+    " WHERE record_id = ?"
+)
 _CHUNK = 500  # well under SQLite's bound-parameter limit
 _CACHE_KIB = 32 * 1024  # the identifier index's pages stay in memory well past 100k tasks
 # a checkpoint copies each page once however often the WAL holds it: rarer ones copy the index's hot pages less
@@ -64,6 +76,14 @@ class SqliteTaskStore:
         self._file.open()
         self.db.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
         self.db.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES}")
+        if self._missing_columns():
+            with self._transaction():  # looked at again inside: another process may have added them meanwhile
+                for name in self._missing_columns():
+                    self.db.execute(f"ALTER TABLE tasks ADD COLUMN {name} {_ADDED[name]}")
+
+    def _missing_columns(self) -> list[str]:
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(tasks)")}
+        return [name for name in _ADDED if name not in have]
 
     async def close(self) -> None:
         if self._thread is not None:
@@ -155,7 +175,7 @@ class SqliteTaskStore:
                     )
                     stored.append(Stored(task.identifier, record_id, created=True))
                 results.append(stored)
-            self.db.executemany(f"INSERT INTO tasks ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", rows)
+            self.db.executemany(f"INSERT INTO tasks ({_INSERTED}) VALUES (?,?,?,?,?,?,?,?)", rows)
         return results
 
     def _record_ids(self, count: int) -> Iterator[str]:
@@ -192,24 +212,26 @@ class SqliteTaskStore:
         return await self._run(self._update, changes)
 
     def _update(self, changes: Sequence[StatusChange]) -> list[str]:
+        """One transaction; a value a change does not carry keeps the stored one, as on Bitable."""
+        not_found = []
         with self._transaction():
-            existing = self._get([change.record_id for change in changes])
-            rows = [
-                (
+            for change in changes:
+                values = [
                     change.status.value,
                     to_ms(change.claimed_at) if change.claimed_at else None,
                     change.attempts,
+                    canonical_json(change.result) if change.result is not None else None,
+                    change.error,
+                    to_ms(change.finished_at) if change.finished_at else None,
                     change.record_id,
-                )
-                for change in changes
-                if change.record_id in existing
-            ]
-            self.db.executemany(
-                "UPDATE tasks SET status = ?, claimed_at = COALESCE(?, claimed_at),"
-                " attempts = COALESCE(?, attempts) WHERE record_id = ?",
-                rows,
-            )
-        return [change.record_id for change in changes if change.record_id not in existing]
+                ]
+                if change.if_still is None:
+                    updated = self.db.execute(_UPDATE, values).rowcount
+                else:
+                    updated = self.db.execute(f"{_UPDATE} AND status = ?", [*values, change.if_still.value]).rowcount
+                if not updated:
+                    not_found.append(change.record_id)
+        return not_found
 
     async def report(self, changes: Sequence[StatusChange]) -> list[str]:
         return await self.update(changes)  # one local transaction: durable and visible at once
@@ -308,7 +330,7 @@ def _decode_token(page_token: str | None) -> int:
 
 
 def _record(row: Sequence) -> TaskRecord:
-    record_id, identifier, status, payload, priority, created_at, claimed_at, attempts = row
+    record_id, identifier, status, payload, priority, created_at, claimed_at, attempts, result, error, finished = row
     return TaskRecord(
         record_id=record_id,
         identifier=identifier,
@@ -318,4 +340,7 @@ def _record(row: Sequence) -> TaskRecord:
         created_at=from_ms(created_at),
         claimed_at=from_ms(claimed_at),
         attempts=attempts,
+        result=json.loads(result) if result is not None else None,
+        error=error,
+        finished_at=from_ms(finished),
     )

@@ -248,6 +248,9 @@ DEFAULT_FIELDS: list[tuple] = [
     ("Priority", NUMBER),
     ("Attempts", NUMBER),
     ("ClaimedAt", DATE, DATE_AND_TIME),
+    ("Result", TEXT),
+    ("Error", TEXT),
+    ("FinishedAt", DATE, DATE_AND_TIME),
 ]
 
 ENDPOINTS = (

@@ -1100,7 +1100,7 @@ async def test_fields_list_pages_and_create(feishu, client, records):
     first = await api.alist(
         ListAppTableFieldRequest.builder().app_token(APP_TOKEN).table_id(TABLE_ID).page_size(5).build()
     )
-    assert (first.code, first.data.total, first.data.has_more) == (0, 7, True)
+    assert (first.code, first.data.total, first.data.has_more) == (0, 10, True)
     assert [f.field_name for f in first.data.items] == ["Identifier", "Status", "Payload", "CreatedAt", "Priority"]
     assert first.data.items[0].is_primary and first.data.items[1].type == 3
     assert [o.name for o in first.data.items[1].property.options][:2] == ["PENDING", "PROCESSING"]
@@ -1113,7 +1113,7 @@ async def test_fields_list_pages_and_create(feishu, client, records):
         .page_token(first.data.page_token)
         .build()
     )
-    assert [f.field_name for f in rest.data.items] == ["Attempts", "ClaimedAt"]
+    assert [f.field_name for f in rest.data.items] == ["Attempts", "ClaimedAt", "Result", "Error", "FinishedAt"]
     assert rest.data.has_more is False and rest.data.page_token is None
 
     prop = AppTableFieldProperty.builder().options([AppTableFieldPropertyOption.builder().name("low").build()]).build()
@@ -1155,6 +1155,7 @@ def test_date_columns_keep_their_date_formatter(feishu, client, records):
     assert formats == {
         "CreatedAt": "yyyy/MM/dd HH:mm",
         "ClaimedAt": "yyyy/MM/dd HH:mm",
+        "FinishedAt": "yyyy/MM/dd HH:mm",
         "DoneAt": "yyyy/MM/dd HH:mm",
         "Plain": "yyyy/MM/dd",
     }

@@ -116,3 +116,68 @@ async def test_dedup_survives_a_restart(store):
 async def test_reindex_counts_every_identifier(store):
     await add_all(store, [new_task(n) for n in range(12)])
     assert await store.reindex() == 12
+
+
+# ---- workers' results and errors ------------------------------------------------------------------------------
+
+FINISHED = datetime(2026, 11, 1, 12, 31, 5, 123000, tzinfo=UTC)  # whole ms: both stores keep milliseconds
+
+
+async def test_a_report_writes_result_error_and_finish_time_and_every_read_returns_them(store):
+    a, b = (s.record_id for s in await add_all(store, [new_task(1), new_task(2)]))
+    result = {"score": 1.5, "名称": ["α", {"deep": None}], "ok": True}
+    not_found = await store.report(
+        [
+            StatusChange(a, TaskStatus.SUCCESS, result=result, finished_at=FINISHED),
+            StatusChange(b, TaskStatus.FAILED, error="ValueError: no data\n  line 2", finished_at=FINISHED),
+        ]
+    )
+    assert not_found == []
+    records = await store.get([a, b])
+    assert (records[a].result, records[a].error, records[a].finished_at) == (result, None, FINISHED)
+    assert (records[b].result, records[b].error, records[b].finished_at) == (
+        None,
+        "ValueError: no data\n  line 2",
+        FINISHED,
+    )
+    listed = {r.record_id: r for r in (await store.page(None, 10, None)).items}
+    assert (listed[a].result, listed[b].error, listed[b].finished_at) == (result, records[b].error, FINISHED)
+
+
+async def test_a_report_that_carries_no_result_or_error_keeps_the_last_ones(store):
+    (stored,) = await add_all(store, [new_task(1)])
+    record_id = stored.record_id
+    await store.report(
+        [StatusChange(record_id, TaskStatus.FAILED, result={"partial": 1}, error="boom", finished_at=FINISHED)]
+    )
+    await store.update([StatusChange(record_id, TaskStatus.PENDING, attempts=0)])  # an operator's retry
+    kept = (await store.get([record_id]))[record_id]
+    assert (kept.status, kept.result, kept.error, kept.finished_at) == (
+        TaskStatus.PENDING,
+        {"partial": 1},
+        "boom",
+        FINISHED,
+    )
+    later = FINISHED.replace(minute=45)
+    await store.report([StatusChange(record_id, TaskStatus.SUCCESS, finished_at=later)])
+    done = (await store.get([record_id]))[record_id]
+    assert (done.status, done.result, done.error, done.finished_at) == (
+        TaskStatus.SUCCESS,
+        {"partial": 1},
+        "boom",
+        later,
+    )
+    await store.report([StatusChange(record_id, TaskStatus.SUCCESS, result={}, finished_at=later)])
+    assert (await store.get([record_id]))[record_id].result == {}  # an empty object is a result too
+
+
+async def test_a_report_for_an_unknown_record_writes_nothing_and_names_it(store):
+    (stored,) = await add_all(store, [new_task(1)])
+    not_found = await store.report(
+        [
+            StatusChange("recMISSING00000", TaskStatus.SUCCESS, result={"a": 1}, finished_at=FINISHED),
+            StatusChange(stored.record_id, TaskStatus.SUCCESS, result={"b": 2}, finished_at=FINISHED),
+        ]
+    )
+    assert not_found == ["recMISSING00000"]
+    assert (await store.get([stored.record_id]))[stored.record_id].result == {"b": 2}
