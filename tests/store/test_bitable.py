@@ -484,6 +484,24 @@ async def test_get_sees_a_report_at_once_laid_over_the_row_without_a_write(feish
     await store.close()
 
 
+async def test_get_sees_a_reported_result_error_and_finish_time_before_they_are_written(feishu, tmp_path):
+    store = await open_store(feishu, tmp_path, status_flush_seconds=LONG)
+    done, failed = await claimed_tasks(store, 2)
+    finished = datetime(2026, 11, 1, 8, 30, tzinfo=UTC)
+    await store.report(
+        [
+            StatusChange(done, TaskStatus.SUCCESS, result={"rows": 12, "名": "α"}, finished_at=finished),
+            StatusChange(failed, TaskStatus.FAILED, error="ValueError: no data", finished_at=finished),
+        ]
+    )
+    seen = await store.get([done, failed])
+    assert (seen[done].result, seen[done].finished_at) == ({"rows": 12, "名": "α"}, finished)
+    assert (seen[failed].error, seen[failed].result) == ("ValueError: no data", None)
+    await store.pending(1)  # written now: read back from the table, the same
+    assert await store.get([done, failed]) == seen
+    await store.close()
+
+
 async def test_lists_counts_and_the_pick_see_reports_at_once(feishu, tmp_path):
     store = await open_store(feishu, tmp_path, status_flush_seconds=LONG)
     done, *_ = await claimed_tasks(store, 2)

@@ -181,6 +181,20 @@ async def test_cells_the_table_refuses_are_written_again_as_bare_statuses(feishu
     await store.close()
 
 
+async def test_a_result_too_large_for_its_cell_still_lets_the_status_through(feishu, tmp_path, caplog):
+    store = await open_store(feishu, tmp_path, status_flush_seconds=LONG)
+    (record_id,) = await claimed(store, 1)
+    # the service refuses such a result (422); a store given one must still not lose the status
+    await store.report([StatusChange(record_id, TaskStatus.SUCCESS, result={"blob": "x" * 100_001})])
+    with caplog.at_level(logging.ERROR, logger="app.store.flusher"):
+        await store.pending(10)
+    row = feishu.rows(APP_TOKEN, TABLE_ID)[record_id]
+    assert row["Status"] == "SUCCESS" and "Result" not in row
+    assert feishu.count("batch_update", code=1254130) == 1  # Feishu's own refusal, then the bare status
+    assert any("writing bare statuses" in r.getMessage() for r in caplog.records)
+    await store.close()
+
+
 async def test_reports_refused_even_as_bare_statuses_are_moved_aside_and_the_outbox_goes_on(feishu, tmp_path, caplog):
     store = await open_store(feishu, tmp_path, status_flush_seconds=LONG)
     ids = await claimed(store, 3)
