@@ -3,13 +3,14 @@
 import asyncio
 import logging
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from app.config import Settings
 from app.errors import InvalidInput, StoreRejected, StoreUnavailable
-from app.models import Added, Backlog, Counts, NewTask, StatusChange, Stored, TaskPage, TaskRecord, TaskStatus, utc_now
+from app.models import Added, Backlog, Counts, NewTask, StatusChange, Stored, TaskPage, TaskRecord, TaskStatus
 from app.paths import DataDir
 from app.store.chunks import chunked
 from app.store.columns import CREATED_AT, IDENTIFIER, Schema, is_identifier, load_schema, number, plain
@@ -27,6 +28,7 @@ from app.store.searches import (
     prune_search,
 )
 from app.store.timestamps import now_ms, to_ms
+from app.store.windows import PoolCounts, TableReadiness
 from app.store.writer import BatchWriter, NewRow
 
 log = logging.getLogger(__name__)
@@ -47,14 +49,18 @@ class BitableTaskStore:
         *,
         linger_seconds: float = 0.02,
         max_wait_seconds: float = 0.5,
+        ready_check_seconds: float = 0.0,
+        stats_cache_seconds: float = 0.0,
     ):
         self.table = table
         self.index = index
         self._schema = Schema()
         self._writer = BatchWriter(table, index, linger_seconds=linger_seconds, max_wait_seconds=max_wait_seconds)
+        self._readiness = TableReadiness(table, ready_check_seconds)
+        self._counts = PoolCounts(table, self.page, self.backlog, stats_cache_seconds)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "BitableTaskStore":
+    def from_settings(cls, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> "BitableTaskStore":
         table = FeishuTable.build(
             settings.feishu_app_id,
             settings.feishu_app_secret.get_secret_value(),
@@ -65,6 +71,7 @@ class BitableTaskStore:
             log_level=settings.log_level,
             attempts=settings.feishu_retry_attempts,
             backoff_base=settings.feishu_retry_base_seconds,
+            clock=clock,
         )
         index = IdentifierIndex(DataDir(settings.data_dir).index_db(settings.feishu_bitable_table_id))
         return cls(
@@ -72,6 +79,8 @@ class BitableTaskStore:
             index,
             linger_seconds=settings.feishu_write_linger_ms / 1000,
             max_wait_seconds=settings.feishu_write_max_wait_ms / 1000,
+            ready_check_seconds=settings.ready_check_seconds,
+            stats_cache_seconds=settings.stats_cache_seconds,
         )
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
@@ -104,7 +113,7 @@ class BitableTaskStore:
         self._schema = await load_schema(self.table)
 
     async def check(self) -> None:
-        await self.table.list_fields()
+        await self._readiness.check()
 
     async def close(self) -> None:
         await self._writer.close()
@@ -182,8 +191,7 @@ class BitableTaskStore:
         return await self.update(changes)
 
     async def counts(self) -> Counts:
-        pages = await asyncio.gather(*(self.page(status, 1, None) for status in TaskStatus))
-        return Counts({s.value: p.total or 0 for s, p in zip(TaskStatus, pages, strict=True)}, utc_now())
+        return await self._counts.get()
 
     def backlog(self) -> Backlog | None:
         return None
