@@ -181,6 +181,9 @@ async def test_tasks_show_lists_n_tasks_or_one_in_full(tmp_path):
         "created_at",
         "claimed_at",
         "attempts",
+        "result",
+        "error",
+        "finished_at",
     }
     missing = run_cli("tasks", "show", "recNOPE", env=env, cwd=tmp_path)
     assert missing.returncode == 1 and "not_found" in missing.stdout
