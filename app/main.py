@@ -15,6 +15,7 @@ from app.api.guard import RequestGuard
 from app.api.ops import probes
 from app.api.ops import router as ops_router
 from app.api.tasks import router as tasks_router
+from app.backlog_alert import BacklogAlert
 from app.broker import CeleryPublisher, Publisher
 from app.claims import ClaimJournal
 from app.config import Settings, load_settings
@@ -41,6 +42,7 @@ class Services:
     tasks: TaskService
     cycle: ReplenishCycle
     dispatcher: Dispatcher
+    backlog_alert: BacklogAlert
 
 
 def wire(
@@ -54,10 +56,12 @@ def wire(
 ) -> Services:
     """The pool's rules and the cycle over one dispatcher, so a row is never claimed twice in this process."""
     dispatcher = Dispatcher(store, publisher, journal, settings, clock)
+    tasks = TaskService(store, settings, publisher=publisher, dispatcher=dispatcher, clock=clock)
     return Services(
-        tasks=TaskService(store, settings, publisher=publisher, dispatcher=dispatcher, clock=clock),
+        tasks=tasks,
         cycle=ReplenishCycle(store, publisher, notifier, dispatcher, settings, clock),
         dispatcher=dispatcher,
+        backlog_alert=BacklogAlert(tasks.report_backlog, notifier, settings.status_backlog_alert_seconds),
     )
 
 
@@ -89,7 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.api_keys = [key.get_secret_value().encode() for key in current.api_keys]
         app.state.max_request_bytes = current.max_request_bytes
         async with running_services(current) as services:
-            scheduler = ReplenishScheduler(services.cycle, current)
+            scheduler = ReplenishScheduler(services.cycle, current, services.backlog_alert)
             app.state.settings, app.state.scheduler = current, scheduler
             app.state.service, app.state.cycle = services.tasks, services.cycle
             try:

@@ -23,3 +23,7 @@ REPLENISH_RUNS = Counter("taskmanager_replenish_runs_total", "Replenish cycles, 
 BOT_SENDS = Counter("taskmanager_bot_sends_total", "Feishu bot notices, by outcome", ["outcome"])
 QUEUE_DEPTH = Gauge("taskmanager_queue_depth", "Ready messages in CELERY_QUEUE at the last look")
 POOL_TASKS = Gauge("taskmanager_pool_tasks", "Tasks in the pool per status at the last count", ["status"])
+REPORT_BACKLOG = Gauge("taskmanager_report_backlog", "Workers' reports accepted and not yet written to the table")
+REPORT_BACKLOG_AGE = Gauge(
+    "taskmanager_report_backlog_oldest_seconds", "How long the oldest report not yet written has waited (0: none)"
+)

@@ -172,8 +172,17 @@ class ErrorOut(BaseModel):
     detail: Any
 
 
+class BacklogOut(BaseModel):
+    """Workers' reports accepted and not yet written to the table."""
+
+    depth: int
+    oldest_age_seconds: float | None = Field(description="how long the oldest has waited; null when none waits")
+
+
 class StatsOut(BaseModel):
     counts: dict[str, int]
+    counts_as_of: datetime = Field(description="when the counts were counted (Bitable keeps them: STATS_CACHE_SECONDS)")
+    backlog: BacklogOut | None = Field(description="reports not yet written to Bitable; null on SQLite, which has none")
     queue: str
     queue_depth: int | None
     queue_error: ErrorOut | None = Field(description="why the depth is unknown (queue_missing, broker_unavailable)")

@@ -1,4 +1,4 @@
-"""APScheduler wiring only: the job is one call into the replenish cycle, like the CLI and the API."""
+"""APScheduler wiring only: each job is one call, into the replenish cycle (like the CLI and the API) or the alarm."""
 
 import logging
 from datetime import UTC, datetime
@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from app.backlog_alert import BacklogAlert
 from app.config import Settings
 from app.errors import Conflict
 from app.locks import FileLock
@@ -14,13 +15,17 @@ from app.replenish import ReplenishCycle
 
 log = logging.getLogger(__name__)
 JOB_ID = "replenish"
+BACKLOG_JOB_ID = "report-backlog"
+BACKLOG_LOOK_SECONDS = 60
 
 
 class ReplenishScheduler:
-    """Runs the replenish cycle every REPLENISH_INTERVAL_HOURS in the one process that owns DATA_DIR's lock."""
+    """Runs the replenish cycle every REPLENISH_INTERVAL_HOURS, and the backlog alarm's look each minute, in the one
+    process that owns DATA_DIR's lock."""
 
-    def __init__(self, cycle: ReplenishCycle, settings: Settings):
+    def __init__(self, cycle: ReplenishCycle, settings: Settings, backlog_alert: BacklogAlert | None = None):
         self._cycle = cycle
+        self._backlog_alert = backlog_alert
         self._settings = settings
         self._owner = FileLock(DataDir(settings.data_dir).scheduler_lock)
         self._scheduler: AsyncIOScheduler | None = None
@@ -46,6 +51,15 @@ class ReplenishScheduler:
             misfire_grace_time=int(min(3600, interval.interval.total_seconds() / 2)),  # a late run still counts
             **first_run,
         )
+        if self._backlog_alert is not None:
+            scheduler.add_job(
+                self._backlog_alert.look,
+                IntervalTrigger(seconds=BACKLOG_LOOK_SECONDS),
+                id=BACKLOG_JOB_ID,
+                max_instances=1,
+                coalesce=True,
+                next_run_time=datetime.now(UTC),  # a backlog already late at start is told at once
+            )
         scheduler.start()
         self._scheduler = scheduler
         log.info("replenish scheduler started: every %s h", self._settings.replenish_interval_hours)

@@ -13,9 +13,11 @@ from app.config import Settings
 from app.dispatch import Dispatcher, PriorityClass
 from app.errors import Conflict, InvalidInput, NotFound, ServiceError, StoreUnavailable, TooManyTasks
 from app.identity import MAX_PAYLOAD_CHARS, canonical_json, task_identifier
-from app.metrics import POOL_TASKS, QUEUE_DEPTH, STATUS_UPDATES, TASKS_INGESTED
+from app.metrics import POOL_TASKS, QUEUE_DEPTH, REPORT_BACKLOG, REPORT_BACKLOG_AGE, STATUS_UPDATES, TASKS_INGESTED
 from app.models import (
     MAX_ERROR_CHARS,
+    Backlog,
+    BacklogOut,
     BulkStatusUpdate,
     ErrorOut,
     IngestResponse,
@@ -228,8 +230,16 @@ class TaskService:
         """DATA_DIR takes a new file's write through to the disk: the claim journal and the index need it."""
         await asyncio.to_thread(_probe_write, self.settings.data_dir)
 
+    def report_backlog(self) -> Backlog | None:
+        """The store's reports not yet written (None: it writes them at once), read locally; the gauges follow it."""
+        backlog = self.store.backlog()
+        REPORT_BACKLOG.set(backlog.depth if backlog else 0)
+        REPORT_BACKLOG_AGE.set((backlog.oldest_age_seconds or 0) if backlog else 0)
+        return backlog
+
     async def stats(self) -> StatsOut:
         counted = await self.store.counts()
+        backlog = self.report_backlog()
         depth, queue_error = None, None
         try:
             depth = await self.publisher.queue_depth()
@@ -241,6 +251,8 @@ class TaskService:
             POOL_TASKS.labels(status).set(count)
         return StatsOut(
             counts=counts,
+            counts_as_of=counted.as_of,
+            backlog=BacklogOut(depth=backlog.depth, oldest_age_seconds=backlog.oldest_age_seconds) if backlog else None,
             queue=self.settings.celery_queue,
             queue_depth=depth,
             queue_error=queue_error,

@@ -1,12 +1,16 @@
-"""The timer: one job per interval, a first run at start when asked, one scheduler per DATA_DIR."""
+"""The timer: one job per interval, a first run at start when asked, one scheduler per DATA_DIR; the backlog alarm."""
 
 import asyncio
 from datetime import UTC, datetime, timedelta
 
 import httpx
 
+from app.backlog_alert import BacklogAlert
 from app.errors import Conflict
-from app.scheduler import JOB_ID, ReplenishScheduler
+from app.models import Backlog
+from app.notify import Notice
+from app.scheduler import BACKLOG_JOB_ID, BACKLOG_LOOK_SECONDS, JOB_ID, ReplenishScheduler
+from tests.support.fakes import RecordingNotifier
 from tests.support.processes import service_process
 from tests.support.settings import make_settings
 
@@ -67,3 +71,28 @@ def test_two_service_processes_on_one_data_dir_run_one_scheduler(tmp_path):
     with service_process(env, tmp_path) as one, service_process(env, tmp_path) as two:
         owners = [httpx.get(f"{url}/api/stats", timeout=10).json()["scheduler_owner"] for url in (one, two)]
     assert sorted(owners) == [False, True]
+
+
+async def test_the_backlog_alarm_looks_at_start_and_every_minute(tmp_path):
+    notifier = ToldNotifier()
+    alert = BacklogAlert(lambda: Backlog(depth=3, oldest_age_seconds=900.0), notifier, 600)
+    scheduler = ReplenishScheduler(CountingCycle(), make_settings(tmp_path), alert)
+    scheduler.start()
+    try:
+        await asyncio.wait_for(notifier.told.wait(), timeout=10)
+        job = scheduler._scheduler.get_job(BACKLOG_JOB_ID)
+        assert job.trigger.interval == timedelta(seconds=BACKLOG_LOOK_SECONDS) == timedelta(minutes=1)
+        assert (job.max_instances, job.coalesce) == (1, True)
+    finally:
+        scheduler.shutdown()
+    assert [n.level for n in notifier.notices] == ["warning"]
+
+
+class ToldNotifier(RecordingNotifier):
+    def __init__(self) -> None:
+        super().__init__()
+        self.told = asyncio.Event()
+
+    async def send(self, notice: Notice) -> bool:
+        self.told.set()
+        return await super().send(notice)

@@ -29,7 +29,7 @@ async def replenish(
 
 @router.get("/api/stats", response_model=StatsOut, responses=ERRORS)
 async def stats(service: ServiceDep, request: Request) -> StatsOut:
-    """Counts per status, queue depth, and the last and next replenish."""
+    """Counts per status (and when they were counted), the report backlog, queue depth, the last and next replenish."""
     result = await service.stats()
     scheduler = request.app.state.scheduler
     result.next_replenish, result.scheduler_owner = scheduler.next_run_time(), scheduler.owner
@@ -44,7 +44,10 @@ async def healthz() -> dict[str, str]:
 
 @probes.get("/readyz", responses={503: {"description": "a dependency is down; the body names it"}})
 async def readyz(service: ServiceDep) -> JSONResponse:
-    """The store (Feishu token and table, or SQLite) and the broker answer within seconds; DATA_DIR is writable."""
+    """The store (Feishu token and table, or SQLite) and the broker answer within seconds; DATA_DIR is writable.
+
+    On Bitable the store's answer is its latest real call within READY_CHECK_SECONDS; at most one call a window.
+    """
     probes_by_name = {
         "store": service.store.check,
         "broker": service.publisher.check,
@@ -68,8 +71,9 @@ for path, probe in (("/healthz", healthz), ("/readyz", readyz)):
 
 
 @probes.get("/metrics", response_class=Response)
-async def metrics() -> Response:
-    """Prometheus text format."""
+async def metrics(service: ServiceDep) -> Response:
+    """Prometheus text format; the report backlog is read at the scrape (it is local: no Feishu call)."""
+    service.report_backlog()
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -4,14 +4,15 @@ workers' reports through the outbox and its flusher."""
 import asyncio
 import logging
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from app.config import Settings
 from app.errors import InvalidInput, StoreRejected, StoreUnavailable
-from app.models import Added, Backlog, Counts, NewTask, StatusChange, Stored, TaskPage, TaskRecord, TaskStatus, utc_now
+from app.models import Added, Backlog, Counts, NewTask, StatusChange, Stored, TaskPage, TaskRecord, TaskStatus
 from app.paths import DataDir
 from app.store.chunks import chunked
 from app.store.columns import CREATED_AT, IDENTIFIER, Schema, is_identifier, load_schema, number, plain
@@ -31,6 +32,7 @@ from app.store.searches import (
     prune_search,
 )
 from app.store.timestamps import now_ms, to_ms
+from app.store.windows import PoolCounts, TableReadiness
 from app.store.writer import BatchWriter, NewRow
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,8 @@ class BitableTaskStore:
         max_wait_seconds: float = 0.5,
         flush_seconds: float = 2.0,
         flush_backoff_seconds: float = 1.0,
+        ready_check_seconds: float = 0.0,
+        stats_cache_seconds: float = 0.0,
     ):
         self.table = table
         self.index = index
@@ -68,9 +72,11 @@ class BitableTaskStore:
             window_seconds=flush_seconds,
             backoff_seconds=flush_backoff_seconds,
         )
+        self._readiness = TableReadiness(table, ready_check_seconds)
+        self._counts = PoolCounts(table, self.page, self.backlog, stats_cache_seconds)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "BitableTaskStore":
+    def from_settings(cls, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> "BitableTaskStore":
         table = FeishuTable.build(
             settings.feishu_app_id,
             settings.feishu_app_secret.get_secret_value(),
@@ -81,6 +87,7 @@ class BitableTaskStore:
             log_level=settings.log_level,
             attempts=settings.feishu_retry_attempts,
             backoff_base=settings.feishu_retry_base_seconds,
+            clock=clock,
         )
         data_dir, table_id = DataDir(settings.data_dir), settings.feishu_bitable_table_id
         return cls(
@@ -93,6 +100,8 @@ class BitableTaskStore:
             flush_seconds=settings.status_flush_seconds,
             # after a failed flush (each call already tried FEISHU_RETRY_ATTEMPTS times): never a busy loop
             flush_backoff_seconds=max(0.05, 2 * settings.feishu_retry_base_seconds),
+            ready_check_seconds=settings.ready_check_seconds,
+            stats_cache_seconds=settings.stats_cache_seconds,
         )
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
@@ -128,7 +137,7 @@ class BitableTaskStore:
         self._schema = await load_schema(self.table)
 
     async def check(self) -> None:
-        await self.table.list_fields()
+        await self._readiness.check()
 
     async def close(self) -> None:
         await self._flusher.close()
@@ -245,8 +254,7 @@ class BitableTaskStore:
         return [record_id for record_id in record_ids if record_id not in known and record_id not in found]
 
     async def counts(self) -> Counts:
-        pages = await asyncio.gather(*(self.page(status, 1, None) for status in TaskStatus))
-        return Counts({s.value: p.total or 0 for s, p in zip(TaskStatus, pages, strict=True)}, utc_now())
+        return await self._counts.get()
 
     def backlog(self) -> Backlog | None:
         return self._outbox.backlog()

@@ -4,6 +4,8 @@ Nothing outside this module sees a Feishu code, an SDK type or a lark exception.
 tenant token (its TokenManager, cache included); the Bitable calls themselves are sent here, because the SDK's
 async transport builds a new httpx client, and with it a TLS context (25-70 ms of CPU here), for every call, and
 unmarshals every answer into typed objects: together most of the CPU of a 500-row search page.
+
+The table keeps the outcome of its latest real call (`health()`): /readyz answers from it instead of calling.
 """
 
 import asyncio
@@ -16,9 +18,9 @@ import math
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -26,7 +28,7 @@ import httpx
 import requests
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
-from app.errors import CredentialsRejected, QuotaExhausted, StoreRejected, StoreUnavailable
+from app.errors import CredentialsRejected, QuotaExhausted, ServiceError, StoreRejected, StoreUnavailable
 from app.metrics import FEISHU_CALLS, FEISHU_LATENCY, FEISHU_RETRIES
 
 
@@ -154,6 +156,27 @@ class InvalidRows(StoreRejected):
 
 class RecordMissing(Exception):
     """A batch named a record id the table does not have; the whole batch was refused."""
+
+
+class _PageTokenRefused(StoreRejected):
+    """A page_token refused twice: the caller's token, not the table's health."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallHealth:
+    """What this process's latest real calls to the table showed, in seconds on the table's clock.
+
+    A call the table answered (code 0, or a refusal of that request's own rows or record ids) is healthy; one that
+    could not be made, kept failing or was refused for access, quota or the table itself carries its error.
+    """
+
+    last_call_at: float | None = None  # when the latest call that showed anything ended
+    last_error: ServiceError | None = None  # how that call failed; None: the table answered it
+    last_write_at: float | None = None  # when the latest write call ended, whatever its answer (it may have landed)
+
+
+# refusals of a request's own rows or record ids: the table answered
+_ANSWERED = (InvalidRows, MaybeApplied, RecordMissing, _TooLarge)
 
 
 class _Turns:
@@ -284,6 +307,7 @@ class FeishuTable:
         attempts: int = 6,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ):
         config: Config = sdk if isinstance(sdk, Config) else sdk.config  # an SDK Config, or a lark.Client's
         self._config = config
@@ -302,6 +326,8 @@ class FeishuTable:
         self._turns = _Turns()
         self._page_sizes: dict[str, int] = {}  # page token → the smaller page size its search fell back to
         self.calls = 0  # every HTTP attempt to the Bitable API, for tests and benchmarks
+        self.clock = clock  # the time of `health()`
+        self._health = CallHealth()
 
     @classmethod
     def build(
@@ -313,13 +339,17 @@ class FeishuTable:
         domain: str,
         timeout: float,
         log_level: str = "WARNING",
+        clock: Callable[[], float] = time.monotonic,
         **retry: Any,
     ) -> "FeishuTable":
         config = Config()
         config.app_id, config.app_secret, config.domain, config.timeout = app_id, app_secret, domain, timeout
         config.log_level = LogLevel[log_level.upper()]
         lark_logger.setLevel(config.log_level.value)  # what the SDK's Client.builder() does
-        return cls(config, app_token, table_id, **retry)
+        return cls(config, app_token, table_id, clock=clock, **retry)
+
+    def health(self) -> CallHealth:
+        return self._health
 
     async def aclose(self) -> None:
         http, self._http = self._http, None
@@ -458,6 +488,36 @@ class FeishuTable:
         priority: float = math.inf,
         tries: _Tries | None = None,
     ) -> dict[str, Any]:
+        """One call, tried again while a try may fix it; its outcome is kept in `health()`."""
+        try:
+            answer = await self._tries(endpoint, method, path, query, body, special, priority, tries)
+        except BaseException as exc:
+            self._note(endpoint, exc)
+            raise
+        self._note(endpoint, None)
+        return answer
+
+    def _note(self, endpoint: str, failure: BaseException | None) -> None:
+        now, health = self.clock(), self._health
+        if endpoint not in _READS:
+            health = replace(health, last_write_at=now)
+        if failure is None or isinstance(failure, _ANSWERED):
+            health = replace(health, last_call_at=now, last_error=None)
+        elif isinstance(failure, ServiceError) and not isinstance(failure, _PageTokenRefused):
+            health = replace(health, last_call_at=now, last_error=failure)
+        self._health = health  # a cancelled call, or a refused page token, says nothing of the table
+
+    async def _tries(
+        self,
+        endpoint: str,
+        method: str,
+        path: str,
+        query: dict[str, Any] | None,
+        body: dict[str, Any] | bytes | None,
+        special: dict[int, type[Exception]] | None,
+        priority: float,
+        tries: _Tries | None,
+    ) -> dict[str, Any]:
         content = _encode(body) if isinstance(body, dict) else body
         tries = tries or _Tries()
         retrying = AsyncRetrying(
@@ -539,7 +599,9 @@ class FeishuTable:
             raise _Retry("rate limited", wait=_reset_seconds(response), maybe_applied=False)
         if code == _FAILED and query and query.get("page_token"):
             if tries.page_token_failed:  # the docs give 1254002 for an invalid page_token too
-                raise StoreRejected(f"Feishu {endpoint} refused the page_token twice (code {code}): it may be invalid")
+                raise _PageTokenRefused(
+                    f"Feishu {endpoint} refused the page_token twice (code {code}): it may be invalid"
+                )
             tries.page_token_failed = True
         if code in _RETRY_CODES:
             refused = code in _REFUSED_BEFORE_WRITING

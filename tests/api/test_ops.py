@@ -1,10 +1,13 @@
-"""Queue-side routes on the embedded default: a real filesystem broker under a temporary DATA_DIR."""
+"""Queue-side routes and stats: on the embedded default (a real filesystem broker), and stats on emulated Bitable."""
+
+from datetime import datetime
 
 import pytest
 from fastapi.testclient import TestClient
 
 from app.locks import FileLock
 from app.main import create_app
+from app.models import Backlog
 from tests.support.settings import make_settings
 
 
@@ -85,3 +88,26 @@ def test_a_missing_queue_is_named_in_stats_and_makes_the_cycle_a_503(tmp_path, r
 
         dry = client.post("/api/replenish", params={"dry_run": "true"})
         assert dry.status_code == 503 and dry.json()["error"] == "queue_missing"
+
+
+def test_stats_on_the_embedded_store_count_at_once_and_have_no_backlog(client):
+    before = client.get("/api/stats").json()
+    assert before["backlog"] is None and before["counts"]["PENDING"] == 0
+    ingest(client, [{"n": 1}, {"n": 2}])
+    after = client.get("/api/stats").json()
+    assert after["counts"]["PENDING"] == 2  # SQLite counts are free: never kept
+    assert datetime.fromisoformat(after["counts_as_of"]) >= datetime.fromisoformat(before["counts_as_of"])
+
+
+def test_stats_on_bitable_are_counted_once_a_window_and_show_the_backlog(bitable_client, feishu, monkeypatch):
+    ingest(bitable_client, [{"n": n} for n in range(3)])
+    first = bitable_client.get("/api/stats").json()
+    assert first["counts"]["PENDING"] == 3
+    feishu.reset_calls()
+    answers = [bitable_client.get("/api/stats").json() for _ in range(40)]
+    assert feishu.count() == 0
+    assert {a["counts_as_of"] for a in answers} == {first["counts_as_of"]}
+    monkeypatch.setattr(
+        bitable_client.app.state.service.store, "backlog", lambda: Backlog(depth=3, oldest_age_seconds=42.5)
+    )
+    assert bitable_client.get("/api/stats").json()["backlog"] == {"depth": 3, "oldest_age_seconds": 42.5}

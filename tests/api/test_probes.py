@@ -4,6 +4,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
+from app.models import Backlog
 from tests.support.processes import free_port
 from tests.support.settings import bitable_settings, make_settings
 
@@ -34,14 +35,54 @@ def test_readyz_names_the_broker_when_it_is_down(tmp_path):
     assert "guest:guest" not in response.text
 
 
-def test_readyz_names_feishu_when_it_is_down(feishu, tmp_path):
+def test_readyz_answers_from_recent_calls_and_names_feishu_once_a_call_failed(feishu, tmp_path):
     with TestClient(create_app(bitable_settings(feishu, tmp_path / "data", feishu_retry_attempts=1))) as client:
+        feishu.reset_calls()
+        for _ in range(120):
+            assert client.get("/readyz").json()["checks"] == {"store": "ok", "broker": "ok", "data_dir": "ok"}
+        assert feishu.count("fields_list") <= 1  # start-up's own calls are the evidence of the first window
+        feishu.add_fault("server_error")
+        assert client.get("/api/tasks").status_code == 503
+        feishu.reset_calls()
+        response = client.get("/readyz")
+        assert feishu.count() == 0  # the failed call answers: no call of its own
+    assert response.status_code == 503
+    assert response.json()["checks"]["broker"] == "ok"
+    assert "store:" in response.json()["detail"] and "failed 1 times" in response.json()["checks"]["store"]
+
+
+def test_readyz_with_a_window_of_zero_asks_feishu_every_time(feishu, tmp_path):
+    settings = bitable_settings(feishu, tmp_path / "data", feishu_retry_attempts=1, ready_check_seconds=0)
+    with TestClient(create_app(settings)) as client:
+        feishu.reset_calls()
         assert client.get("/readyz").json()["checks"] == {"store": "ok", "broker": "ok", "data_dir": "ok"}
+        assert client.get("/readyz").status_code == 200
+        assert feishu.count("fields_list") == 2
         feishu.stop()
         response = client.get("/readyz")
     assert response.status_code == 503
-    assert response.json()["checks"]["broker"] == "ok"
     assert "store:" in response.json()["detail"]
+
+
+def test_metrics_show_the_report_backlog_as_the_store_has_it_at_the_scrape(bitable_client, feishu, monkeypatch):
+    def gauges() -> tuple[float, float]:
+        scraped = samples(bitable_client)
+        return scraped[("taskmanager_report_backlog", ())], scraped[("taskmanager_report_backlog_oldest_seconds", ())]
+
+    store = bitable_client.app.state.service.store
+    monkeypatch.setattr(store, "backlog", lambda: Backlog(depth=0, oldest_age_seconds=None))
+    assert gauges() == (0, 0)
+    monkeypatch.setattr(store, "backlog", lambda: Backlog(depth=7, oldest_age_seconds=95.5))
+    feishu.reset_calls()
+    assert gauges() == (7, 95.5)
+    assert feishu.count() == 0  # the backlog is local
+
+
+def test_metrics_show_no_backlog_on_the_embedded_store(client):
+    scraped = samples(client)
+    assert (
+        scraped[("taskmanager_report_backlog", ())] == scraped[("taskmanager_report_backlog_oldest_seconds", ())] == 0
+    )
 
 
 def test_metrics_count_what_the_service_does(feishu, tmp_path):

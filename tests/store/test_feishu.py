@@ -1,10 +1,14 @@
-"""The vendor edge on its own: what it imports of the SDK, and how it paces calls under Feishu's rate limits."""
+"""The vendor edge on its own: what it imports of the SDK, how it paces calls, and the health its calls showed."""
 
 import asyncio
 import subprocess
 import sys
 
-from app.store.feishu import FeishuTable
+import pytest
+
+from app.errors import QuotaExhausted, StoreRejected, StoreUnavailable
+from app.store.feishu import CallHealth, FeishuTable, RecordMissing
+from tests.support.fakes import Seconds
 from tests.support.feishu import APP_TOKEN, TABLE_ID, clear_token_cache
 from tests.support.processes import ROOT
 
@@ -45,4 +49,43 @@ async def test_calls_that_find_no_token_share_one_fetch(feishu):
         feishu.reset_calls()
         await asyncio.gather(*(table.list_fields() for _ in range(5)))
         assert (feishu.count("token"), feishu.count("fields_list")) == (1, 5)
+    await table.aclose()
+
+
+async def test_the_table_keeps_the_outcome_of_its_latest_call(feishu):
+    clock = Seconds()
+    table = FeishuTable.build(
+        feishu.app_id,
+        feishu.app_secret,
+        APP_TOKEN,
+        TABLE_ID,
+        feishu.url,
+        5,
+        attempts=3,
+        backoff_base=0.001,
+        clock=clock,
+    )
+    assert table.health() == CallHealth()
+    await table.list_fields()
+    assert table.health() == CallHealth(last_call_at=clock.now)
+    clock.advance(1)
+    feishu.add_fault("server_error", endpoint="search", times=3)
+    with pytest.raises(StoreUnavailable) as failed:
+        await table.search(page_size=1)
+    assert table.health() == CallHealth(last_call_at=clock.now, last_error=failed.value)
+    clock.advance(1)
+    feishu.monthly_quota = 0
+    with pytest.raises(QuotaExhausted) as refused:
+        await table.list_fields()
+    assert table.health() == CallHealth(last_call_at=clock.now, last_error=refused.value)
+    feishu.monthly_quota = None
+    clock.advance(1)
+    with pytest.raises(RecordMissing):  # a refusal of the call's own record ids: the table answered
+        await table.batch_update([("recNotThere", {"Status": "SUCCESS"})])
+    assert table.health() == CallHealth(last_call_at=clock.now, last_write_at=clock.now)
+    clock.advance(1)
+    feishu.add_fault("1254002", endpoint="search", times=2)
+    with pytest.raises(StoreRejected, match="page_token"):  # the caller's bad token says nothing of the table
+        await table.search(page_size=1, page_token="not-ours")
+    assert table.health() == CallHealth(last_call_at=clock.now - 1, last_write_at=clock.now - 1)
     await table.aclose()

@@ -1,4 +1,4 @@
-"""Fakes for the service's ports (a publisher and a notifier that record what they were given) and a clock."""
+"""Fakes for the service's ports (a publisher and a notifier that record what they were given) and two clocks."""
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -62,3 +62,16 @@ class Clock:
 
     def advance(self, **delta: float) -> None:
         self.now += timedelta(**delta)
+
+
+class Seconds:
+    """A monotonic clock (seconds, like time.monotonic) the test moves by hand."""
+
+    def __init__(self, start: float = 1_000.0):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

@@ -22,7 +22,9 @@ async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteTaskStore]:
 
 @pytest.fixture
 async def bitable_store(feishu, tmp_path: Path) -> AsyncIterator[BitableTaskStore]:
-    store = BitableTaskStore.from_settings(bitable_settings(feishu, tmp_path / "data"))
+    """Probes and counts call Feishu every time here; tests/store/test_windows.py covers their windows."""
+    settings = bitable_settings(feishu, tmp_path / "data", ready_check_seconds=0, stats_cache_seconds=0)
+    store = BitableTaskStore.from_settings(settings)
     await store.open()
     yield store
     await store.close()
