@@ -13,6 +13,7 @@ What Feishu answers decides what becomes of a batch:
   with a warning that counts them;
 - cells refused for their content (InvalidRows): written again as bare statuses, the refusal logged; refused
   again, moved aside to the outbox's `refused` table with an error: the outbox never wedges;
+- a change whose cells cannot be built at all: moved aside the same way, with an error, before any call;
 - anything else (Feishu down, the quota spent, credentials refused): kept, and tried again after a pause that
   doubles up to a minute; reports are still accepted meanwhile.
 """
@@ -31,7 +32,7 @@ from app.models import StatusChange
 from app.store.chunks import chunked
 from app.store.columns import STATUS
 from app.store.feishu import FeishuTable, InvalidRows, RecordMissing
-from app.store.outbox import Outbox
+from app.store.outbox import Entry, Outbox
 from app.store.sqlite_file import local_storage
 from app.store.writer import BatchWriter
 
@@ -184,11 +185,29 @@ class Flusher:
         if not entries:
             return False
         rows: dict[str, dict[str, Any]] = {}
+        unbuilt: list[tuple[Entry, str]] = []
         for entry in entries:  # in the order accepted: a later cell overrides an earlier one
-            rows.setdefault(entry.change.record_id, {}).update(self._cells(entry.change))
+            try:
+                cells = self._cells(entry.change)
+            except Exception as exc:  # a bug must not wedge the outbox: this one entry is set aside
+                unbuilt.append((entry, f"its cells could not be built: {type(exc).__name__}: {exc}"))
+                continue
+            rows.setdefault(entry.change.record_id, {}).update(cells)
+        if unbuilt:
+            log.error(
+                "could not build the cells of %d status reports (%s); kept in the outbox's `refused` table: %s",
+                len(unbuilt),
+                _some({entry.change.record_id for entry, _ in unbuilt}),
+                unbuilt[0][1],
+            )
         written = await self._write(rows)
-        refused = [entry for entry in entries if entry.change.record_id in written.refused]
-        await asyncio.to_thread(self._outbox.done, entries, refused, written.reason, written.missing)
+        aside = {entry.seq for entry, _ in unbuilt}
+        refused = [
+            (entry, written.reason)
+            for entry in entries
+            if entry.change.record_id in written.refused and entry.seq not in aside
+        ]
+        await asyncio.to_thread(self._outbox.done, entries, unbuilt + refused, written.missing)
         if written.missing:
             log.warning(
                 "dropped %d status reports: their records are gone from the table (%s)",

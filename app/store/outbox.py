@@ -207,9 +207,9 @@ class Outbox:
 
     @local_storage("the outbox")
     def done(
-        self, entries: Sequence[Entry], refused: Sequence[Entry] = (), reason: str = "", gone: Iterable[str] = ()
+        self, entries: Sequence[Entry], refused: Sequence[tuple[Entry, str]] = (), gone: Iterable[str] = ()
     ) -> None:
-        """Delete entries the table confirmed or answered for good, keeping the `refused` ones aside.
+        """Delete entries the table confirmed or answered for good, keeping the `refused` ones aside with their reason.
 
         Durable: an entry written again after a power cut could undo a later direct write to its record.
         Record ids whose last change here finishes their task are forgotten, as are those `gone` from the table.
@@ -220,7 +220,7 @@ class Outbox:
         with self._file.transaction(durable=True) as db:
             db.executemany(
                 "INSERT INTO refused VALUES (?, ?, ?, ?, ?)",
-                [(e.change.record_id, _encode(e.change), e.accepted_at, now, reason) for e in refused],
+                [(e.change.record_id, _encode(e.change), e.accepted_at, now, reason) for e, reason in refused],
             )
             db.executemany("DELETE FROM entries WHERE seq = ?", [(entry.seq,) for entry in entries])
             db.executemany("DELETE FROM known WHERE record_id = ?", [(record_id,) for record_id in forget])

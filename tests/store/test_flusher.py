@@ -13,6 +13,7 @@ from app.errors import StoreUnavailable
 from app.models import StatusChange, TaskStatus
 from app.paths import DataDir
 from app.store.bitable import BitableTaskStore
+from app.store.columns import Schema
 from app.store.outbox import Outbox
 from tests.support.feishu import APP_TOKEN, TABLE_ID
 from tests.support.settings import bitable_settings
@@ -249,3 +250,32 @@ async def test_a_second_store_on_the_same_data_dir_writes_the_first_ones_reports
     assert statuses(feishu, ids) == ["PENDING", "FAILED"]  # the report first, then the retry over it
     await second.close()
     await first.close()
+
+
+async def test_a_report_whose_cells_cannot_be_built_is_moved_aside_and_the_rest_written(
+    feishu, tmp_path, caplog, monkeypatch
+):
+    store = await open_store(feishu, tmp_path, status_flush_seconds=LONG)
+    ids = await claimed(store, 3)
+    built = Schema.changed_cells
+
+    def changed_cells(schema: Schema, change: StatusChange) -> dict:
+        if change.error == "unbuildable":
+            raise OverflowError("a bug in building cells")
+        return built(schema, change)
+
+    monkeypatch.setattr(Schema, "changed_cells", changed_cells)
+    await store.report(
+        [StatusChange(ids[0], TaskStatus.FAILED, error="unbuildable"), *report(TaskStatus.SUCCESS, *ids[1:])]
+    )
+    with caplog.at_level(logging.ERROR, logger="app.store.flusher"):
+        await store.pending(10)  # never raises out of the flusher
+    assert statuses(feishu, ids) == ["PROCESSING", "SUCCESS", "SUCCESS"]
+    assert store.backlog().depth == 0
+    assert any("could not build the cells of 1 status reports" in r.getMessage() for r in caplog.records)
+    await store.close()
+    outbox = outbox_of(tmp_path)
+    outbox.open()
+    (refused,) = outbox.refused()
+    await outbox.close()
+    assert refused.change.record_id == ids[0] and "OverflowError" in refused.reason

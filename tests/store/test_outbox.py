@@ -100,7 +100,7 @@ async def test_a_record_is_known_when_remembered_or_waiting_and_forgotten_once_f
 async def test_refused_changes_are_kept_aside_with_their_reason_and_not_taken_again(outbox):
     await outbox.append([change("recA", error="x" * 10), change("recB")])
     entries = outbox.take(10)
-    outbox.done(entries, refused=entries[:1], reason="code 1254130: a cell is too large")
+    outbox.done(entries, refused=[(entries[0], "code 1254130: a cell is too large")])
     assert outbox.take(10) == []
     [refused] = outbox.refused()
     assert (refused.change, refused.reason) == (change("recA", error="x" * 10), "code 1254130: a cell is too large")

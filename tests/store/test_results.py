@@ -111,3 +111,20 @@ async def test_setup_columns_adds_the_result_columns_to_a_table_made_before_them
     store = await open_store(feishu, tmp_path, feishu_bitable_table_id="tblOld")
     assert not [r for r in caplog.records if "optional columns" in r.getMessage()]
     await store.close()
+
+
+async def test_a_result_number_too_large_for_a_float_is_written_without_its_mirror(feishu, tmp_path):
+    feishu.add_table(APP_TOKEN, "tblMirror", [*DEFAULT_FIELDS, ("score", 2), ("title", 1), ("due", 5)])
+    store = await open_store(feishu, tmp_path, feishu_bitable_table_id="tblMirror", status_flush_seconds=3_600)
+    (stored,) = await add_all(store, [new_task(1)])
+    huge = 10**400
+    await store.update([StatusChange(stored.record_id, TaskStatus.PROCESSING, attempts=1)])
+    result = {"score": huge, "title": huge, "due": huge}
+    assert await store.report([StatusChange(stored.record_id, TaskStatus.SUCCESS, result=result)]) == []
+    assert (await store.get([stored.record_id]))[stored.record_id].result == result  # laid over before the write
+    await store.pending(10)  # the flush: written, without the mirrors it does not fit
+    assert store.backlog().depth == 0
+    row = feishu.rows(APP_TOKEN, "tblMirror")[stored.record_id]
+    assert row["Status"] == "SUCCESS" and json.loads(row["Result"]) == result
+    assert not {"score", "title", "due"} & set(row)
+    await store.close()
