@@ -6,6 +6,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -140,11 +141,13 @@ class BitableTaskStore:
         await self._readiness.check()
 
     async def close(self) -> None:
-        await self._flusher.close()
-        await self._writer.close()
-        await self.table.aclose()
-        await self._outbox.close()
-        self.index.close()
+        """Each part is released even when one before it fails: the files and connections are not left open."""
+        async with AsyncExitStack() as later:  # run last in, first out: writer, table, outbox, index
+            later.callback(self.index.close)
+            later.push_async_callback(self._outbox.close)
+            later.push_async_callback(self.table.aclose)
+            later.push_async_callback(self._writer.close)
+            await self._flusher.close()
 
     # ---- adding, through the single writer ------------------------------------------------------------------
 
