@@ -156,19 +156,19 @@ class Outbox:
 
     @local_storage("the outbox")
     def backlog(self) -> Backlog:
-        """How many changes wait, and how long the oldest has."""
+        """How many changes wait, how long the oldest has, and how many were refused for good."""
         reader = self._connection()
         reader.execute("BEGIN")  # one snapshot: the oldest must not be written between the two reads
         try:
-            first, last = reader.execute(
-                "SELECT (SELECT min(seq) FROM entries), (SELECT max(seq) FROM entries)"
+            first, last, refused = reader.execute(
+                "SELECT (SELECT min(seq) FROM entries), (SELECT max(seq) FROM entries), (SELECT count(*) FROM refused)"
             ).fetchone()
             if first is None:
-                return Backlog(0, None)
+                return Backlog(0, None, refused)
             (accepted_at,) = reader.execute("SELECT accepted_at FROM entries WHERE seq = ?", (first,)).fetchone()
         finally:
             reader.execute("COMMIT")
-        return Backlog(last - first + 1, max(0.0, time.time() - accepted_at))
+        return Backlog(last - first + 1, max(0.0, time.time() - accepted_at), refused)
 
     def depth(self) -> int:
         return self.backlog().depth

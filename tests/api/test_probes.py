@@ -65,16 +65,21 @@ def test_readyz_with_a_window_of_zero_asks_feishu_every_time(feishu, tmp_path):
 
 
 def test_metrics_show_the_report_backlog_as_the_store_has_it_at_the_scrape(bitable_client, feishu, monkeypatch):
-    def gauges() -> tuple[float, float]:
+    def gauges() -> tuple[float, float, float]:
         scraped = samples(bitable_client)
-        return scraped[("taskmanager_report_backlog", ())], scraped[("taskmanager_report_backlog_oldest_seconds", ())]
+        names = (
+            "taskmanager_report_backlog",
+            "taskmanager_report_backlog_oldest_seconds",
+            "taskmanager_reports_refused",
+        )
+        return tuple(scraped[(name, ())] for name in names)
 
     store = bitable_client.app.state.service.store
     monkeypatch.setattr(store, "backlog", lambda: Backlog(depth=0, oldest_age_seconds=None))
-    assert gauges() == (0, 0)
-    monkeypatch.setattr(store, "backlog", lambda: Backlog(depth=7, oldest_age_seconds=95.5))
+    assert gauges() == (0, 0, 0)
+    monkeypatch.setattr(store, "backlog", lambda: Backlog(depth=7, oldest_age_seconds=95.5, refused=3))
     feishu.reset_calls()
-    assert gauges() == (7, 95.5)
+    assert gauges() == (7, 95.5, 3)
     assert feishu.count() == 0  # the backlog is local
 
 

@@ -248,7 +248,7 @@ async def test_reports_refused_even_as_bare_statuses_are_moved_aside_and_the_out
     with caplog.at_level(logging.ERROR, logger="app.store.flusher"):
         await store.pending(10)
     assert any("refused 2 status reports even as bare statuses" in r.getMessage() for r in caplog.records)
-    assert store.backlog().depth == 0  # not wedged: the next report is written
+    assert (store.backlog().depth, store.backlog().refused) == (0, 2)  # not wedged: the next report is written
     await store.report(report(TaskStatus.SUCCESS, ids[2]))
     await store.pending(10)
     assert statuses(feishu, ids) == ["PROCESSING", "PROCESSING", "SUCCESS"]

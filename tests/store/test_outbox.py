@@ -102,6 +102,7 @@ async def test_refused_changes_are_kept_aside_with_their_reason_and_not_taken_ag
     entries = outbox.take(10)
     outbox.done(entries, refused=[(entries[0], "code 1254130: a cell is too large")])
     assert outbox.take(10) == []
+    assert (outbox.backlog().depth, outbox.backlog().refused) == (0, 1)  # shown in /api/stats and /metrics
     [refused] = outbox.refused()
     assert (refused.change, refused.reason) == (change("recA", error="x" * 10), "code 1254130: a cell is too large")
 
