@@ -188,6 +188,22 @@ async def test_a_pool_past_the_scan_is_counted_by_five_searches(open_store, feis
     assert feishu.count("search") == 5  # the size is known now
 
 
+async def test_rows_without_a_status_keep_a_pool_past_the_scan_from_being_scanned_again(open_store, feishu, seconds):
+    store = await open_store()
+    statuses = ["PENDING", "PROCESSING", "SUCCESS", "FAILED", "CANCELLED"]
+    feishu.insert_rows(APP_TOKEN, TABLE_ID, [{"Status": statuses[n % 5]} for n in range(1_500)])
+    feishu.insert_rows(APP_TOKEN, TABLE_ID, [{"Identifier": f"typed by hand {n}"} for n in range(600)])
+    feishu.reset_calls()
+    counts = await store.counts()
+    assert counts.by_status == {status: 300 for status in statuses}
+    assert feishu.count("search") == 1 + 5  # the scan's first page showed 2,100 rows
+    for _ in range(2):
+        seconds.advance(WINDOW * IDLE_FACTOR)
+        feishu.reset_calls()
+        assert (await store.counts()).by_status == counts.by_status
+        assert feishu.count("search") == 5  # 1,500 with a status, but 2,100 rows: no scan to give up again
+
+
 async def test_callers_of_due_counts_share_one_count(open_store, feishu, seconds):
     store = await open_store()
     await tasks_in(store, [TaskStatus.PENDING] * 4)
