@@ -31,6 +31,7 @@ from app.store.searches import (
     lease_search,
     pick_search,
     prune_search,
+    status_scan,
 )
 from app.store.timestamps import now_ms, to_ms
 from app.store.windows import PoolCounts, TableReadiness
@@ -346,6 +347,7 @@ class BitableTaskStore:
         return {
             "pick": pick_search(self._schema),
             "count": count_search(TaskStatus.PENDING),
+            "count_scan": status_scan(),
             "page": count_search(None),
             **({"lease_recovery": lease_search(now)} if self.supports_leases else {}),
             "prune": prune_search(TaskStatus.SUCCESS, now),

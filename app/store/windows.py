@@ -15,7 +15,7 @@ from typing import Generic, TypeVar
 from app.models import Backlog, Counts, TaskPage, TaskStatus, utc_now
 from app.store.columns import STATUS, plain
 from app.store.feishu import FeishuTable
-from app.store.searches import MAX_PAGE
+from app.store.searches import MAX_PAGE, status_scan
 
 T = TypeVar("T")
 
@@ -143,7 +143,7 @@ class PoolCounts:
         counts = {status.value: 0 for status in TaskStatus}
         seen, token = 0, None
         while True:
-            page = await self._table.search(field_names=[STATUS], page_size=MAX_PAGE, page_token=token)
+            page = await self._table.search(**status_scan(), page_size=MAX_PAGE, page_token=token)
             seen += len(page.records)
             self._rows = max(seen, page.total or 0)
             if self._rows > SCAN_ROWS:

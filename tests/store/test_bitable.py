@@ -664,6 +664,7 @@ async def test_filter_shapes_names_every_search_the_store_sends(bitable_store, f
     await bitable_store.processing(datetime.now(UTC))
     await bitable_store.page(TaskStatus.PENDING, 1, None)
     await bitable_store.page(None, 10, None)
+    await bitable_store.counts()  # a small pool: its Status column read
     await bitable_store.prune(TaskStatus.SUCCESS, datetime.now(UTC))
     await bitable_store.reindex()
     assert await find_identifiers(bitable_store.table, [s.identifier for s in stored])
