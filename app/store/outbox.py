@@ -26,7 +26,7 @@ from app.store.timestamps import from_ms, to_ms
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
-    seq         INTEGER PRIMARY KEY,  -- the order the reports were accepted in
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,  -- acceptance order, never reused: a flush's `until` stays its own
     record_id   TEXT NOT NULL,
     change      TEXT NOT NULL,        -- status, result, error, finished_at as JSON
     accepted_at REAL NOT NULL         -- unix seconds
