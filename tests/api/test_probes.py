@@ -1,8 +1,11 @@
 """/healthz, /readyz and /metrics: readiness names the part that is down; the metrics count what the service did."""
 
+import logging
+
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.errors import StoreUnavailable
 from app.main import create_app
 from app.models import Backlog
 from tests.support.processes import free_port
@@ -81,6 +84,25 @@ def test_metrics_show_the_report_backlog_as_the_store_has_it_at_the_scrape(bitab
     feishu.reset_calls()
     assert gauges() == (7, 95.5, 3)
     assert feishu.count() == 0  # the backlog is local
+
+
+def test_metrics_answer_with_the_last_backlog_gauges_when_the_outbox_cannot_be_read(
+    bitable_client, monkeypatch, caplog
+):
+    store = bitable_client.app.state.service.store
+    monkeypatch.setattr(store, "backlog", lambda: Backlog(depth=4, oldest_age_seconds=12.0, refused=1))
+    samples(bitable_client)
+
+    def unreadable() -> Backlog:
+        raise StoreUnavailable("the outbox failed: disk I/O error")
+
+    monkeypatch.setattr(store, "backlog", unreadable)
+    with caplog.at_level(logging.WARNING, logger="app.api.ops"):
+        response = bitable_client.get("/metrics")
+    assert response.status_code == 200
+    scraped = samples(bitable_client)
+    assert scraped[("taskmanager_report_backlog", ())] == 4 and scraped[("taskmanager_reports_refused", ())] == 1
+    assert any("disk I/O error" in r.getMessage() for r in caplog.records)
 
 
 def test_metrics_show_no_backlog_on_the_embedded_store(client):
