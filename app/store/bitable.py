@@ -17,8 +17,8 @@ from app.models import Added, Backlog, Counts, NewTask, StatusChange, Stored, Ta
 from app.paths import DataDir
 from app.store.chunks import chunked
 from app.store.columns import CREATED_AT, IDENTIFIER, Schema, is_identifier, load_schema, number, plain
-from app.store.feishu import FeishuTable, RecordMissing
-from app.store.flusher import MAX_UPDATE, Flusher, rows_of
+from app.store.feishu import FeishuTable, RecordMissing, rows_of
+from app.store.flusher import MAX_UPDATE, Flusher
 from app.store.index import IdentifierIndex, State
 from app.store.outbox import FINISHED, Outbox
 from app.store.rebuild import rebuild_index, rebuild_searches

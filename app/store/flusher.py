@@ -21,7 +21,7 @@ What Feishu answers decides what becomes of a batch:
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +30,8 @@ from typing import Any
 from app.errors import ServiceError, StoreUnavailable
 from app.locks import FileLock
 from app.models import StatusChange
-from app.store.chunks import chunked
 from app.store.columns import STATUS
-from app.store.feishu import FeishuTable, InvalidRows, RecordMissing
+from app.store.feishu import FeishuTable, InvalidRows, RecordMissing, rows_of
 from app.store.outbox import Entry, Outbox
 from app.store.sqlite_file import local_storage
 from app.store.writer import BatchWriter
@@ -40,20 +39,11 @@ from app.store.writer import BatchWriter
 log = logging.getLogger(__name__)
 
 MAX_UPDATE = 1_000  # records per batch_update
-MAX_GET = 100  # record ids per batch_get
 _LOCK_POLL = 0.02  # seconds between tries of the flush lock another process holds for one flush
 _CLOSE_SECONDS = 5.0  # a last flush at close; what it leaves is written at the next start
 _TRIES = 4  # writes of one batch: a row gone meanwhile needs one more
 # calls spent halving a batch refused for its content: 1,000 rows down to the one refused take 10 halvings of 2
 _SPLIT_CALLS = 20
-
-
-async def rows_of(table: FeishuTable, record_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """The rows of these record ids that the table has, MAX_GET to a call."""
-    found: dict[str, dict[str, Any]] = {}
-    for chunk in chunked(list(dict.fromkeys(record_ids)), MAX_GET):
-        found.update(await table.batch_get(chunk))
-    return found
 
 
 @dataclass(slots=True)

@@ -25,15 +25,10 @@ from app.store.timestamps import to_ms
 from tests.support.fakes import FakePublisher, RecordingNotifier
 from tests.support.feishu import APP_TOKEN, TABLE_ID
 from tests.support.settings import bitable_settings
+from tests.support.stores import open_store
 from tests.support.tasks import add_all, new_task
 
 TRANSIENT_FAULTS = ["rate_limit", "conflict", "not_ready", "too_many", "timeout_code", "server_error", "html_502"]
-
-
-async def open_store(emu, data_dir, **overrides) -> BitableTaskStore:
-    store = BitableTaskStore.from_settings(bitable_settings(emu, data_dir, **overrides))
-    await store.open()
-    return store
 
 
 def writes(emu) -> int:

@@ -17,17 +17,11 @@ from app.store.bitable import BitableTaskStore
 from app.store.columns import Schema
 from app.store.outbox import Outbox
 from tests.support.feishu import APP_TOKEN, TABLE_ID
-from tests.support.settings import bitable_settings
+from tests.support.stores import open_store
 from tests.support.tasks import add_all, new_task
 from tests.support.waits import eventually
 
 LONG = 3_600  # a flush window no test outlasts: only a read, an update or a close writes
-
-
-async def open_store(emu, data_dir, **overrides) -> BitableTaskStore:
-    store = BitableTaskStore.from_settings(bitable_settings(emu, data_dir, **overrides))
-    await store.open()
-    return store
 
 
 async def claimed(store: BitableTaskStore, count: int, start: int = 0) -> list[str]:

@@ -7,24 +7,17 @@ from datetime import UTC, datetime
 
 from app.identity import canonical_json
 from app.models import StatusChange, TaskStatus
-from app.store.bitable import BitableTaskStore
 from app.store.columns import setup_columns
 from app.store.feishu import FeishuTable
 from app.store.timestamps import to_ms
 from tests.feishu.emulator import DEFAULT_FIELDS
 from tests.support.feishu import APP_TOKEN, TABLE_ID
-from tests.support.settings import bitable_settings
+from tests.support.stores import open_store
 from tests.support.tasks import add_all, new_task
 
 FINISHED = datetime(2026, 11, 1, 12, 31, 5, 123000, tzinfo=UTC)
 RESULT_COLUMNS = ("Result", "Error", "FinishedAt")
 WITHOUT_RESULTS = [spec for spec in DEFAULT_FIELDS if spec[0] not in RESULT_COLUMNS]  # a table set up before them
-
-
-async def open_store(emu, data_dir, **overrides) -> BitableTaskStore:
-    store = BitableTaskStore.from_settings(bitable_settings(emu, data_dir, **overrides))
-    await store.open()
-    return store
 
 
 async def test_results_and_errors_are_written_to_their_cells_in_one_batch_update(bitable_store, feishu):
