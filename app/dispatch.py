@@ -117,17 +117,17 @@ class Dispatcher:
                 return 0
             unpublished = {c.record_id: c for c in claims if not c.published}
             current = await self._store.get(list(unpublished))
+            # a report that finished the task since it was read is not undone
             back = [
-                StatusChange(record_id, TaskStatus.PENDING, attempts=claim.attempts)
+                StatusChange(record_id, TaskStatus.PENDING, attempts=claim.attempts, if_still=TaskStatus.PROCESSING)
                 for record_id, claim in unpublished.items()
                 if record_id in current and current[record_id].status is TaskStatus.PROCESSING
             ]
-            if back:
-                await self._store.update(back)
+            put_back = len(back) - len(await self._store.update(back)) if back else 0
             self._journal.settle(c.record_id for c in claims)
-            if back:
-                log.warning("put %d claimed-but-unpublished tasks back to PENDING", len(back))
-            return len(back)
+            if put_back:
+                log.warning("put %d claimed-but-unpublished tasks back to PENDING", put_back)
+            return put_back
 
     def _identify(self, payload: dict[str, Any]) -> str | None:
         try:

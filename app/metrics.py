@@ -27,3 +27,7 @@ REPORT_BACKLOG = Gauge("taskmanager_report_backlog", "Workers' reports accepted 
 REPORT_BACKLOG_AGE = Gauge(
     "taskmanager_report_backlog_oldest_seconds", "How long the oldest report not yet written has waited (0: none)"
 )
+REPORTS_REFUSED = Gauge(
+    "taskmanager_reports_refused",
+    "Reports Feishu refused even as a bare status, set aside in the outbox's refused table",
+)

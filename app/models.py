@@ -92,10 +92,11 @@ class Counts:
 
 @dataclass(frozen=True, slots=True)
 class Backlog:
-    """Accepted worker reports not yet written to the table."""
+    """Accepted worker reports not yet written to the table, and those Feishu refused for good (set aside)."""
 
     depth: int
     oldest_age_seconds: float | None
+    refused: int = 0
 
 
 @dataclass(slots=True)
@@ -177,6 +178,7 @@ class BacklogOut(BaseModel):
 
     depth: int
     oldest_age_seconds: float | None = Field(description="how long the oldest has waited; null when none waits")
+    refused: int = Field(0, description="reports Feishu refused even as a bare status, set aside in the outbox")
 
 
 class StatsOut(BaseModel):

@@ -13,7 +13,15 @@ from app.config import Settings
 from app.dispatch import Dispatcher, PriorityClass
 from app.errors import Conflict, InvalidInput, NotFound, ServiceError, StoreUnavailable, TooManyTasks
 from app.identity import MAX_PAYLOAD_CHARS, canonical_json, task_identifier
-from app.metrics import POOL_TASKS, QUEUE_DEPTH, REPORT_BACKLOG, REPORT_BACKLOG_AGE, STATUS_UPDATES, TASKS_INGESTED
+from app.metrics import (
+    POOL_TASKS,
+    QUEUE_DEPTH,
+    REPORT_BACKLOG,
+    REPORT_BACKLOG_AGE,
+    REPORTS_REFUSED,
+    STATUS_UPDATES,
+    TASKS_INGESTED,
+)
 from app.models import (
     MAX_ERROR_CHARS,
     Backlog,
@@ -235,6 +243,7 @@ class TaskService:
         backlog = self.store.backlog()
         REPORT_BACKLOG.set(backlog.depth if backlog else 0)
         REPORT_BACKLOG_AGE.set((backlog.oldest_age_seconds or 0) if backlog else 0)
+        REPORTS_REFUSED.set(backlog.refused if backlog else 0)
         return backlog
 
     async def stats(self) -> StatsOut:
@@ -252,7 +261,11 @@ class TaskService:
         return StatsOut(
             counts=counts,
             counts_as_of=counted.as_of,
-            backlog=BacklogOut(depth=backlog.depth, oldest_age_seconds=backlog.oldest_age_seconds) if backlog else None,
+            backlog=BacklogOut(
+                depth=backlog.depth, oldest_age_seconds=backlog.oldest_age_seconds, refused=backlog.refused
+            )
+            if backlog
+            else None,
             queue=self.settings.celery_queue,
             queue_depth=depth,
             queue_error=queue_error,

@@ -24,6 +24,26 @@ async def test_claims_a_crash_left_unpublished_are_put_back(service, journal, di
     assert journal.unsettled() == []
 
 
+async def test_a_claim_finished_by_a_report_while_it_is_settled_is_not_put_back(
+    service, journal, dispatcher, monkeypatch
+):
+    (item,) = (await service.ingest_tasks([{"n": 1}])).items
+    journal.begin([(item.record_id, 0)])
+    await service.store.update([StatusChange(item.record_id, TaskStatus.PROCESSING, attempts=1)])
+    read = service.store.get
+
+    async def get_then_a_report_lands(record_ids):
+        found = await read(record_ids)  # PROCESSING, as read
+        await service.store.report([StatusChange(item.record_id, TaskStatus.SUCCESS)])  # a worker was faster
+        return found
+
+    monkeypatch.setattr(service.store, "get", get_then_a_report_lands)
+    assert await dispatcher.settle_claims() == 0
+    monkeypatch.undo()
+    assert (await service.store.get([item.record_id]))[item.record_id].status is TaskStatus.SUCCESS
+    assert journal.unsettled() == []
+
+
 async def test_claims_that_were_published_before_a_crash_stay_processing(service, journal, dispatcher):
     (item,) = (await service.ingest_tasks([{"n": 1}])).items
     journal.begin([(item.record_id, 0)])

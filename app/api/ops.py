@@ -1,6 +1,7 @@
 """Operations routes: the cycle on demand, stats, and the probes (/healthz, /readyz, /metrics)."""
 
 import asyncio
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -11,8 +12,10 @@ from app.api.deps import CycleDep, ServiceDep
 from app.api.errors import report_or_503
 from app.api.security import require_api_key
 from app.api.tasks import ERRORS
-from app.errors import ServiceError
+from app.errors import ServiceError, StoreUnavailable
 from app.models import ReplenishReport, StatsOut
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["operations"], dependencies=[Depends(require_api_key)])
 probes = APIRouter(tags=["probes"])
@@ -73,7 +76,10 @@ for path, probe in (("/healthz", healthz), ("/readyz", readyz)):
 @probes.get("/metrics", response_class=Response)
 async def metrics(service: ServiceDep) -> Response:
     """Prometheus text format; the report backlog is read at the scrape (it is local: no Feishu call)."""
-    service.report_backlog()
+    try:
+        service.report_backlog()
+    except StoreUnavailable as exc:  # the other metrics still answer; the backlog gauges keep their last values
+        log.warning("the report backlog could not be read for /metrics: %s", exc.detail)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -3,7 +3,7 @@ and the identifier index against the table.
 
 Every call goes through the store's own edge (`FeishuTable`), so a check meets Feishu exactly as the service does.
 Cost: one token fetch, two field listings (ours, and the store's own schema load) and one `page_size=1` search per
-filter shape (11 today): about 14 calls of the tenant's monthly quota.
+filter shape (12 today): about 15 calls of the tenant's monthly quota.
 """
 
 import asyncio

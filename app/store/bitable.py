@@ -6,6 +6,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,8 @@ from app.models import Added, Backlog, Counts, NewTask, StatusChange, Stored, Ta
 from app.paths import DataDir
 from app.store.chunks import chunked
 from app.store.columns import CREATED_AT, IDENTIFIER, Schema, is_identifier, load_schema, number, plain
-from app.store.feishu import FeishuTable, RecordMissing
-from app.store.flusher import MAX_UPDATE, Flusher, rows_of
+from app.store.feishu import FeishuTable, RecordMissing, rows_of
+from app.store.flusher import MAX_UPDATE, Flusher
 from app.store.index import IdentifierIndex, State
 from app.store.outbox import FINISHED, Outbox
 from app.store.rebuild import rebuild_index, rebuild_searches
@@ -30,6 +31,7 @@ from app.store.searches import (
     lease_search,
     pick_search,
     prune_search,
+    status_scan,
 )
 from app.store.timestamps import now_ms, to_ms
 from app.store.windows import PoolCounts, TableReadiness
@@ -140,11 +142,13 @@ class BitableTaskStore:
         await self._readiness.check()
 
     async def close(self) -> None:
-        await self._flusher.close()
-        await self._writer.close()
-        await self.table.aclose()
-        await self._outbox.close()
-        self.index.close()
+        """Each part is released even when one before it fails: the files and connections are not left open."""
+        async with AsyncExitStack() as later:  # run last in, first out: writer, table, outbox, index
+            later.callback(self.index.close)
+            later.push_async_callback(self._outbox.close)
+            later.push_async_callback(self.table.aclose)
+            later.push_async_callback(self._writer.close)
+            await self._flusher.close()
 
     # ---- adding, through the single writer ------------------------------------------------------------------
 
@@ -343,6 +347,7 @@ class BitableTaskStore:
         return {
             "pick": pick_search(self._schema),
             "count": count_search(TaskStatus.PENDING),
+            "count_scan": status_scan(),
             "page": count_search(None),
             **({"lease_recovery": lease_search(now)} if self.supports_leases else {}),
             "prune": prune_search(TaskStatus.SUCCESS, now),

@@ -168,7 +168,7 @@ def number(value: Any) -> float | None:
         return None
     try:
         result = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return result if math.isfinite(result) else None
 
@@ -185,15 +185,15 @@ def json_object(text: Any) -> dict[str, Any] | None:
 
 
 def mirror_value(value: Any, column_type: int) -> Any:
-    """The value as the column takes it, or None when it does not fit (never fail a write over a mirror)."""
-    is_number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """The value as the column takes it, or None when it does not fit (an int past a float's range neither)."""
+    is_number = isinstance(value, int | float) and not isinstance(value, bool) and number(value) is not None
     if column_type == TEXT and (isinstance(value, str) or is_number):
         return str(value) if value != "" else None
     if column_type == NUMBER and is_number:
         return value
     if column_type == SINGLE_SELECT and isinstance(value, str) and value:
         return value
-    if column_type == DATE and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    if column_type == DATE and is_number and isinstance(value, int) and value >= 0:
         return value
     return None
 

@@ -18,7 +18,7 @@ import math
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -30,6 +30,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 
 from app.errors import CredentialsRejected, QuotaExhausted, ServiceError, StoreRejected, StoreUnavailable
 from app.metrics import FEISHU_CALLS, FEISHU_LATENCY, FEISHU_RETRIES
+from app.store.chunks import chunked
 
 
 def _register_lark_without_its_services() -> None:
@@ -109,6 +110,7 @@ _PERMANENT_HINTS = {
 }
 _READS = {"search", "batch_get", "fields_list"}
 _MAX_PAGE_SIZE = 500
+MAX_GET = 100  # record ids per batch_get
 # Calls a second per endpoint (docs/feishu.md, the record calls' table). Starts are spaced 5% wider than that: the
 # gateway counts arrivals, which come a few ms late or early, and a 429 costs a second.
 _RATE_LIMITS = {"batch_create": 50, "batch_update": 50, "batch_delete": 50, "batch_get": 20, "search": 20}
@@ -664,6 +666,14 @@ class FeishuTable:
 
     def _forget_token(self) -> None:
         TokenManager.cache.set(self._token_key(), "", 0)
+
+
+async def rows_of(table: FeishuTable, record_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The rows of these record ids that the table has, MAX_GET to a call."""
+    found: dict[str, dict[str, Any]] = {}
+    for chunk in chunked(list(dict.fromkeys(record_ids)), MAX_GET):
+        found.update(await table.batch_get(chunk))
+    return found
 
 
 def create_body(rows: list[dict[str, Any]]) -> bytes:

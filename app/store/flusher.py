@@ -11,15 +11,17 @@ What Feishu answers decides what becomes of a batch:
 - written: deleted from the outbox;
 - a record id the table no longer has (RecordMissing): the rows still there are written, the others dropped
   with a warning that counts them;
-- cells refused for their content (InvalidRows): written again as bare statuses, the refusal logged; refused
-  again, moved aside to the outbox's `refused` table with an error: the outbox never wedges;
+- cells refused for their content (InvalidRows): written again in halves, down to the rows refused (at most 20
+  calls more), which are written as bare statuses, the refusal logged; refused again, moved aside to the outbox's
+  `refused` table with an error: the outbox never wedges;
+- a change whose cells cannot be built at all: moved aside the same way, with an error, before any call;
 - anything else (Feishu down, the quota spent, credentials refused): kept, and tried again after a pause that
   doubles up to a minute; reports are still accepted meanwhile.
 """
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,37 +30,29 @@ from typing import Any
 from app.errors import ServiceError, StoreUnavailable
 from app.locks import FileLock
 from app.models import StatusChange
-from app.store.chunks import chunked
 from app.store.columns import STATUS
-from app.store.feishu import FeishuTable, InvalidRows, RecordMissing
-from app.store.outbox import Outbox
+from app.store.feishu import FeishuTable, InvalidRows, RecordMissing, rows_of
+from app.store.outbox import Entry, Outbox
 from app.store.sqlite_file import local_storage
 from app.store.writer import BatchWriter
 
 log = logging.getLogger(__name__)
 
 MAX_UPDATE = 1_000  # records per batch_update
-MAX_GET = 100  # record ids per batch_get
 _LOCK_POLL = 0.02  # seconds between tries of the flush lock another process holds for one flush
 _CLOSE_SECONDS = 5.0  # a last flush at close; what it leaves is written at the next start
-_TRIES = 4  # writes of one batch: a missing row and a refusal may each need one more
-
-
-async def rows_of(table: FeishuTable, record_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """The rows of these record ids that the table has, MAX_GET to a call."""
-    found: dict[str, dict[str, Any]] = {}
-    for chunk in chunked(list(dict.fromkeys(record_ids)), MAX_GET):
-        found.update(await table.batch_get(chunk))
-    return found
+_TRIES = 4  # writes of one batch: a row gone meanwhile needs one more
+# calls spent halving a batch refused for its content: 1,000 rows down to the one refused take 10 halvings of 2
+_SPLIT_CALLS = 20
 
 
 @dataclass(slots=True)
 class _Written:
-    """What became of a batch's rows beside those written: gone from the table, or refused for good."""
+    """What became of a batch's rows beside those written: gone from the table, or refused for good (and why)."""
 
     missing: set[str] = field(default_factory=set)
-    refused: set[str] = field(default_factory=set)
-    reason: str = ""
+    refused: dict[str, str] = field(default_factory=dict)
+    split_calls: int = _SPLIT_CALLS  # left to spend on halves of a refused batch
 
 
 class Flusher:
@@ -184,11 +178,29 @@ class Flusher:
         if not entries:
             return False
         rows: dict[str, dict[str, Any]] = {}
+        unbuilt: list[tuple[Entry, str]] = []
         for entry in entries:  # in the order accepted: a later cell overrides an earlier one
-            rows.setdefault(entry.change.record_id, {}).update(self._cells(entry.change))
+            try:
+                cells = self._cells(entry.change)
+            except Exception as exc:  # a bug must not wedge the outbox: this one entry is set aside
+                unbuilt.append((entry, f"its cells could not be built: {type(exc).__name__}: {exc}"))
+                continue
+            rows.setdefault(entry.change.record_id, {}).update(cells)
+        if unbuilt:
+            log.error(
+                "could not build the cells of %d status reports (%s); kept in the outbox's `refused` table: %s",
+                len(unbuilt),
+                _some({entry.change.record_id for entry, _ in unbuilt}),
+                unbuilt[0][1],
+            )
         written = await self._write(rows)
-        refused = [entry for entry in entries if entry.change.record_id in written.refused]
-        await asyncio.to_thread(self._outbox.done, entries, refused, written.reason, written.missing)
+        aside = {entry.seq for entry, _ in unbuilt}
+        refused = [
+            (entry, written.refused[entry.change.record_id])
+            for entry in entries
+            if entry.change.record_id in written.refused and entry.seq not in aside
+        ]
+        await asyncio.to_thread(self._outbox.done, entries, unbuilt + refused, written.missing)
         if written.missing:
             log.warning(
                 "dropped %d status reports: their records are gone from the table (%s)",
@@ -199,37 +211,48 @@ class Flusher:
             log.error(
                 "Feishu refused %d status reports even as bare statuses (%s); kept in the outbox's `refused` table: %s",
                 len(refused),
-                _some(written.refused),
-                written.reason,
+                _some(set(written.refused)),
+                refused[0][1],
             )
         return True
 
     async def _write(self, rows: dict[str, dict[str, Any]]) -> _Written:
-        """One `batch_update` of the rows, with the tries a missing row or a content refusal calls for."""
+        """One `batch_update` of the rows, and the calls a missing row or a content refusal calls for."""
         written = _Written()
-        bare = False
+        await self._send(rows, written, bare=False)
+        return written
+
+    async def _send(self, rows: dict[str, dict[str, Any]], written: _Written, *, bare: bool) -> None:
+        """Write the rows; refused for their content, in halves down to the refused ones, which go as bare statuses."""
         for _ in range(_TRIES):
             if not rows:
-                return written
+                return
             body = [(record_id, {STATUS: cells[STATUS]} if bare else cells) for record_id, cells in rows.items()]
             try:
                 await self._table.batch_update(body)
-                return written
+                return
             except RecordMissing:  # the whole batch was refused: find the strangers, write the rest
                 existing = await rows_of(self._table, list(rows))
                 written.missing |= rows.keys() - existing.keys()
                 rows = {record_id: cells for record_id, cells in rows.items() if record_id in existing}
             except InvalidRows as exc:
                 if bare:
-                    written.refused, written.reason = set(rows), exc.detail
-                    return written
-                log.error(
-                    "Feishu refused the cells of %d status reports (%s); writing bare statuses", len(rows), exc.detail
-                )
-                bare = True
+                    written.refused |= dict.fromkeys(rows, exc.detail)
+                elif len(rows) > 1 and written.split_calls >= 2:  # one bad cell must not cost the others their results
+                    written.split_calls -= 2
+                    items = list(rows.items())
+                    for half in (items[: len(items) // 2], items[len(items) // 2 :]):
+                        await self._send(dict(half), written, bare=False)
+                else:
+                    log.error(
+                        "Feishu refused the cells of %d status reports (%s); writing bare statuses",
+                        len(rows),
+                        exc.detail,
+                    )
+                    await self._send(rows, written, bare=True)
+                return
         if rows:
             raise StoreUnavailable("Feishu kept refusing a batch of status reports for rows that go missing")
-        return written
 
 
 def _some(record_ids: set[str]) -> str:

@@ -26,7 +26,7 @@ from app.store.timestamps import from_ms, to_ms
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
-    seq         INTEGER PRIMARY KEY,  -- the order the reports were accepted in
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,  -- acceptance order, never reused: a flush's `until` stays its own
     record_id   TEXT NOT NULL,
     change      TEXT NOT NULL,        -- status, result, error, finished_at as JSON
     accepted_at REAL NOT NULL         -- unix seconds
@@ -156,19 +156,19 @@ class Outbox:
 
     @local_storage("the outbox")
     def backlog(self) -> Backlog:
-        """How many changes wait, and how long the oldest has."""
+        """How many changes wait, how long the oldest has, and how many were refused for good."""
         reader = self._connection()
         reader.execute("BEGIN")  # one snapshot: the oldest must not be written between the two reads
         try:
-            first, last = reader.execute(
-                "SELECT (SELECT min(seq) FROM entries), (SELECT max(seq) FROM entries)"
+            first, last, refused = reader.execute(
+                "SELECT (SELECT min(seq) FROM entries), (SELECT max(seq) FROM entries), (SELECT count(*) FROM refused)"
             ).fetchone()
             if first is None:
-                return Backlog(0, None)
+                return Backlog(0, None, refused)
             (accepted_at,) = reader.execute("SELECT accepted_at FROM entries WHERE seq = ?", (first,)).fetchone()
         finally:
             reader.execute("COMMIT")
-        return Backlog(last - first + 1, max(0.0, time.time() - accepted_at))
+        return Backlog(last - first + 1, max(0.0, time.time() - accepted_at), refused)
 
     def depth(self) -> int:
         return self.backlog().depth
@@ -207,9 +207,9 @@ class Outbox:
 
     @local_storage("the outbox")
     def done(
-        self, entries: Sequence[Entry], refused: Sequence[Entry] = (), reason: str = "", gone: Iterable[str] = ()
+        self, entries: Sequence[Entry], refused: Sequence[tuple[Entry, str]] = (), gone: Iterable[str] = ()
     ) -> None:
-        """Delete entries the table confirmed or answered for good, keeping the `refused` ones aside.
+        """Delete entries the table confirmed or answered for good, keeping the `refused` ones aside with their reason.
 
         Durable: an entry written again after a power cut could undo a later direct write to its record.
         Record ids whose last change here finishes their task are forgotten, as are those `gone` from the table.
@@ -220,7 +220,7 @@ class Outbox:
         with self._file.transaction(durable=True) as db:
             db.executemany(
                 "INSERT INTO refused VALUES (?, ?, ?, ?, ?)",
-                [(e.change.record_id, _encode(e.change), e.accepted_at, now, reason) for e in refused],
+                [(e.change.record_id, _encode(e.change), e.accepted_at, now, reason) for e, reason in refused],
             )
             db.executemany("DELETE FROM entries WHERE seq = ?", [(entry.seq,) for entry in entries])
             db.executemany("DELETE FROM known WHERE record_id = ?", [(record_id,) for record_id in forget])

@@ -38,6 +38,11 @@ def count_search(status: TaskStatus | None) -> dict[str, Any]:
     return {"filter_": _status_is(status) if status else None, "sort": [{"field_name": CREATED_AT, "desc": False}]}
 
 
+def status_scan() -> dict[str, Any]:
+    """Every row's Status alone, unfiltered: a small pool is counted by reading it (the total is the pool's size)."""
+    return {"field_names": [STATUS]}
+
+
 def pick_search(schema: Schema) -> dict[str, Any]:
     sort = [{"field_name": PRIORITY, "desc": True}] if schema.has(PRIORITY) else []
     sort.append({"field_name": CREATED_AT, "desc": False})

@@ -15,7 +15,7 @@ from typing import Generic, TypeVar
 from app.models import Backlog, Counts, TaskPage, TaskStatus, utc_now
 from app.store.columns import STATUS, plain
 from app.store.feishu import FeishuTable
-from app.store.searches import MAX_PAGE
+from app.store.searches import MAX_PAGE, status_scan
 
 T = TypeVar("T")
 
@@ -92,6 +92,7 @@ class PoolCounts:
         self._window = window_seconds
         self._kept: _Kept | None = None
         self._rows = 0  # rows in the table at the last count: it picks how the next one counts
+        self._unlabeled = 0  # rows with no known status at the last scan, which counts by status leave out
         self._recount = _Shared(self._count_now)
 
     async def get(self) -> Counts:
@@ -123,14 +124,18 @@ class PoolCounts:
 
     async def _count(self) -> dict[str, int]:
         """A small pool by reading its Status column; a larger one, or one with reports waiting, by five counts."""
+        scanned_rows = None
         if self._rows <= SCAN_ROWS and not self._reports_waiting():
             scanned = await self._scan()
             if scanned is not None:
                 return scanned
+            scanned_rows = self._rows  # the unfiltered total of the scan's first page
         # through the store's page(), which writes waiting reports first
         pages = await asyncio.gather(*(self._page(status, 1, None) for status in TaskStatus))
         counts = {status.value: page.total or 0 for status, page in zip(TaskStatus, pages, strict=True)}
-        self._rows = sum(counts.values())
+        if scanned_rows is not None:
+            self._unlabeled = max(0, scanned_rows - sum(counts.values()))
+        self._rows = sum(counts.values()) + self._unlabeled  # else a pool past the scan is scanned again each time
         return counts
 
     async def _scan(self) -> dict[str, int] | None:
@@ -138,7 +143,7 @@ class PoolCounts:
         counts = {status.value: 0 for status in TaskStatus}
         seen, token = 0, None
         while True:
-            page = await self._table.search(field_names=[STATUS], page_size=MAX_PAGE, page_token=token)
+            page = await self._table.search(**status_scan(), page_size=MAX_PAGE, page_token=token)
             seen += len(page.records)
             self._rows = max(seen, page.total or 0)
             if self._rows > SCAN_ROWS:
@@ -148,4 +153,5 @@ class PoolCounts:
                 if status in counts:
                     counts[status] += 1
             if not (token := page.page_token):
+                self._unlabeled = seen - sum(counts.values())
                 return counts

@@ -108,6 +108,6 @@ def test_stats_on_bitable_are_counted_once_a_window_and_show_the_backlog(bitable
     assert feishu.count() == 0
     assert {a["counts_as_of"] for a in answers} == {first["counts_as_of"]}
     monkeypatch.setattr(
-        bitable_client.app.state.service.store, "backlog", lambda: Backlog(depth=3, oldest_age_seconds=42.5)
+        bitable_client.app.state.service.store, "backlog", lambda: Backlog(depth=3, oldest_age_seconds=42.5, refused=2)
     )
-    assert bitable_client.get("/api/stats").json()["backlog"] == {"depth": 3, "oldest_age_seconds": 42.5}
+    assert bitable_client.get("/api/stats").json()["backlog"] == {"depth": 3, "oldest_age_seconds": 42.5, "refused": 2}

@@ -1,8 +1,11 @@
 """/healthz, /readyz and /metrics: readiness names the part that is down; the metrics count what the service did."""
 
+import logging
+
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.errors import StoreUnavailable
 from app.main import create_app
 from app.models import Backlog
 from tests.support.processes import free_port
@@ -65,17 +68,41 @@ def test_readyz_with_a_window_of_zero_asks_feishu_every_time(feishu, tmp_path):
 
 
 def test_metrics_show_the_report_backlog_as_the_store_has_it_at_the_scrape(bitable_client, feishu, monkeypatch):
-    def gauges() -> tuple[float, float]:
+    def gauges() -> tuple[float, float, float]:
         scraped = samples(bitable_client)
-        return scraped[("taskmanager_report_backlog", ())], scraped[("taskmanager_report_backlog_oldest_seconds", ())]
+        names = (
+            "taskmanager_report_backlog",
+            "taskmanager_report_backlog_oldest_seconds",
+            "taskmanager_reports_refused",
+        )
+        return tuple(scraped[(name, ())] for name in names)
 
     store = bitable_client.app.state.service.store
     monkeypatch.setattr(store, "backlog", lambda: Backlog(depth=0, oldest_age_seconds=None))
-    assert gauges() == (0, 0)
-    monkeypatch.setattr(store, "backlog", lambda: Backlog(depth=7, oldest_age_seconds=95.5))
+    assert gauges() == (0, 0, 0)
+    monkeypatch.setattr(store, "backlog", lambda: Backlog(depth=7, oldest_age_seconds=95.5, refused=3))
     feishu.reset_calls()
-    assert gauges() == (7, 95.5)
+    assert gauges() == (7, 95.5, 3)
     assert feishu.count() == 0  # the backlog is local
+
+
+def test_metrics_answer_with_the_last_backlog_gauges_when_the_outbox_cannot_be_read(
+    bitable_client, monkeypatch, caplog
+):
+    store = bitable_client.app.state.service.store
+    monkeypatch.setattr(store, "backlog", lambda: Backlog(depth=4, oldest_age_seconds=12.0, refused=1))
+    samples(bitable_client)
+
+    def unreadable() -> Backlog:
+        raise StoreUnavailable("the outbox failed: disk I/O error")
+
+    monkeypatch.setattr(store, "backlog", unreadable)
+    with caplog.at_level(logging.WARNING, logger="app.api.ops"):
+        response = bitable_client.get("/metrics")
+    assert response.status_code == 200
+    scraped = samples(bitable_client)
+    assert scraped[("taskmanager_report_backlog", ())] == 4 and scraped[("taskmanager_reports_refused", ())] == 1
+    assert any("disk I/O error" in r.getMessage() for r in caplog.records)
 
 
 def test_metrics_show_no_backlog_on_the_embedded_store(client):

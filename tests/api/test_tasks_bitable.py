@@ -1,8 +1,14 @@
 """The task routes over the real SDK against the emulator: what a scraper sees when Feishu misbehaves."""
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from tests.feishu.emulator import DEFAULT_FIELDS
 from tests.support.feishu import APP_TOKEN, TABLE_ID
+from tests.support.settings import bitable_settings
 
 
 def test_a_thousand_tasks_cost_one_write_call(bitable_client, feishu):
@@ -44,3 +50,14 @@ def test_feishu_unreachable_is_a_503(bitable_client, feishu):
     response = bitable_client.get("/api/tasks/recABC")
     assert response.status_code == 503
     assert response.json()["error"] == "store_unavailable"
+
+
+def test_a_payload_number_too_large_for_a_float_is_stored_without_its_mirror(feishu, tmp_path):
+    feishu.add_table(APP_TOKEN, "tblMirror", [*DEFAULT_FIELDS, ("score", 2), ("title", 1)])
+    settings = bitable_settings(feishu, tmp_path / "data", feishu_bitable_table_id="tblMirror")
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/api/tasks/ingest", json=[{"score": 10**400, "title": 10**400}])
+    assert response.status_code == 200, response.text
+    (row,) = feishu.rows(APP_TOKEN, "tblMirror").values()
+    assert json.loads(row["Payload"]) == {"score": 10**400, "title": 10**400}
+    assert not {"score", "title"} & set(row)

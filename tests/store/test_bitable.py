@@ -18,21 +18,17 @@ from app.store import rebuild
 from app.store.bitable import BitableTaskStore
 from app.store.columns import COLUMNS, setup_columns
 from app.store.feishu import FeishuTable, create_body
+from app.store.flusher import Flusher
 from app.store.index import State
 from app.store.searches import find_identifiers
 from app.store.timestamps import to_ms
 from tests.support.fakes import FakePublisher, RecordingNotifier
 from tests.support.feishu import APP_TOKEN, TABLE_ID
 from tests.support.settings import bitable_settings
+from tests.support.stores import open_store
 from tests.support.tasks import add_all, new_task
 
 TRANSIENT_FAULTS = ["rate_limit", "conflict", "not_ready", "too_many", "timeout_code", "server_error", "html_502"]
-
-
-async def open_store(emu, data_dir, **overrides) -> BitableTaskStore:
-    store = BitableTaskStore.from_settings(bitable_settings(emu, data_dir, **overrides))
-    await store.open()
-    return store
 
 
 def writes(emu) -> int:
@@ -663,6 +659,7 @@ async def test_filter_shapes_names_every_search_the_store_sends(bitable_store, f
     await bitable_store.processing(datetime.now(UTC))
     await bitable_store.page(TaskStatus.PENDING, 1, None)
     await bitable_store.page(None, 10, None)
+    await bitable_store.counts()  # a small pool: its Status column read
     await bitable_store.prune(TaskStatus.SUCCESS, datetime.now(UTC))
     await bitable_store.reindex()
     assert await find_identifiers(bitable_store.table, [s.identifier for s in stored])
@@ -716,3 +713,26 @@ async def _fields_json(emu, table_id):
             headers={"Authorization": f"Bearer {token}"},
         )
     return answer.json()["data"]["items"]
+
+
+async def test_a_close_whose_flusher_fails_still_releases_the_writer_table_outbox_and_index(
+    feishu, tmp_path, monkeypatch
+):
+    store = await open_store(feishu, tmp_path)
+    await add_all(store, [new_task(1)])
+
+    async def broken_close(self) -> None:
+        raise RuntimeError("a bug in the flusher's close")
+
+    monkeypatch.setattr(Flusher, "close", broken_close)
+    with pytest.raises(RuntimeError, match="flusher's close"):
+        await store.close()
+    with pytest.raises(RuntimeError, match="is not open"):
+        store.index.lookup(["0" * 64])
+    with pytest.raises(RuntimeError, match="is not open"):
+        store.backlog()
+    assert "bitable-writer" not in {task.get_name() for task in asyncio.all_tasks()}
+    timers = [task for task in asyncio.all_tasks() if task.get_name() == "bitable-flusher"]
+    for task in timers:  # the stubbed close left the flusher's timer: stopped here
+        task.cancel()
+    await asyncio.gather(*timers, return_exceptions=True)

@@ -2,6 +2,7 @@
 few batches, in the order accepted, through outages, missing rows, refusals and restarts."""
 
 import asyncio
+import json
 import logging
 import statistics
 import time
@@ -13,19 +14,14 @@ from app.errors import StoreUnavailable
 from app.models import StatusChange, TaskStatus
 from app.paths import DataDir
 from app.store.bitable import BitableTaskStore
+from app.store.columns import Schema
 from app.store.outbox import Outbox
 from tests.support.feishu import APP_TOKEN, TABLE_ID
-from tests.support.settings import bitable_settings
+from tests.support.stores import open_store
 from tests.support.tasks import add_all, new_task
 from tests.support.waits import eventually
 
 LONG = 3_600  # a flush window no test outlasts: only a read, an update or a close writes
-
-
-async def open_store(emu, data_dir, **overrides) -> BitableTaskStore:
-    store = BitableTaskStore.from_settings(bitable_settings(emu, data_dir, **overrides))
-    await store.open()
-    return store
 
 
 async def claimed(store: BitableTaskStore, count: int, start: int = 0) -> list[str]:
@@ -168,17 +164,60 @@ async def test_reports_for_rows_gone_from_the_table_are_dropped_and_the_rest_wri
     await store.close()
 
 
-async def test_cells_the_table_refuses_are_written_again_as_bare_statuses(feishu, tmp_path, caplog):
+async def test_a_batch_refused_for_its_cells_is_written_again_in_halves_with_their_cells(feishu, tmp_path):
     store = await open_store(feishu, tmp_path, status_flush_seconds=LONG)
     ids = await claimed(store, 2)
-    await store.report(report(TaskStatus.FAILED, *ids))
+    await store.report([StatusChange(i, TaskStatus.FAILED, error=f"boom {n}") for n, i in enumerate(ids)])
     feishu.add_fault("1254130", endpoint="batch_update", times=1)  # TooLargeCell: the rows' content was refused
-    with caplog.at_level(logging.ERROR, logger="app.store.flusher"):
-        await store.pending(10)
-    assert statuses(feishu, ids) == ["FAILED", "FAILED"]
-    assert any("writing bare statuses" in r.getMessage() for r in caplog.records)
+    feishu.reset_calls()
+    await store.pending(10)
+    rows = feishu.rows(APP_TOKEN, TABLE_ID)
+    assert [(rows[i]["Status"], rows[i]["Error"]) for i in ids] == [("FAILED", "boom 0"), ("FAILED", "boom 1")]
+    assert [c.n_records for c in feishu.calls if c.endpoint == "batch_update"] == [2, 1, 1]
     assert store.backlog().depth == 0
     await store.close()
+
+
+async def test_one_refused_row_among_a_thousand_costs_the_others_nothing_but_a_few_calls(feishu, tmp_path, caplog):
+    store = await open_store(feishu, tmp_path, status_flush_seconds=LONG)
+    ids = await claimed(store, 1_000)
+    bad = ids[617]
+    await store.report(
+        [
+            StatusChange(i, TaskStatus.SUCCESS, result={"blob": "x" * 100_001} if i == bad else {"n": n})
+            for n, i in enumerate(ids)
+        ]
+    )
+    feishu.reset_calls()
+    with caplog.at_level(logging.ERROR, logger="app.store.flusher"):
+        await store.pending(10)
+    rows = feishu.rows(APP_TOKEN, TABLE_ID)
+    assert all(json.loads(rows[i]["Result"]) == {"n": n} for n, i in enumerate(ids) if i != bad)
+    assert rows[bad]["Status"] == "SUCCESS" and "Result" not in rows[bad]  # alone, as a bare status
+    print(f"\none refused row among 1,000: {feishu.count('batch_update')} batch_update calls")
+    assert feishu.count("batch_update") <= 1 + 20 + 1  # the batch, its halvings, the bare status
+    bare = [r.getMessage() for r in caplog.records if "bare statuses" in r.getMessage()]
+    assert len(bare) == 1 and "refused the cells of 1 status reports" in bare[0], bare
+    assert store.backlog().depth == 0
+    await store.close()
+
+
+async def test_a_batch_refused_row_by_row_spends_a_bounded_number_of_calls(feishu, tmp_path):
+    store = await open_store(feishu, tmp_path, status_flush_seconds=LONG)
+    ids = await claimed(store, 1_000)
+    await store.report(report(TaskStatus.FAILED, *ids))
+    feishu.add_fault("1254130", endpoint="batch_update")  # every write refused, bare statuses too
+    feishu.reset_calls()
+    await store.pending(10)
+    print(f"\n1,000 rows all refused: {feishu.count('batch_update')} batch_update calls")
+    assert feishu.count("batch_update") <= 1 + 20 + 11  # the batch, its halvings, each last part once bare
+    assert store.backlog().depth == 0
+    feishu.clear_faults()
+    await store.close()
+    outbox = outbox_of(tmp_path)
+    outbox.open()
+    assert len(outbox.refused()) == 1_000
+    await outbox.close()
 
 
 async def test_a_result_too_large_for_its_cell_still_lets_the_status_through(feishu, tmp_path, caplog):
@@ -199,11 +238,11 @@ async def test_reports_refused_even_as_bare_statuses_are_moved_aside_and_the_out
     store = await open_store(feishu, tmp_path, status_flush_seconds=LONG)
     ids = await claimed(store, 3)
     await store.report(report(TaskStatus.FAILED, *ids[:2]))
-    feishu.add_fault("1254130", endpoint="batch_update", times=2)
+    feishu.add_fault("1254130", endpoint="batch_update", times=5)  # the batch, then each half, also bare
     with caplog.at_level(logging.ERROR, logger="app.store.flusher"):
         await store.pending(10)
     assert any("refused 2 status reports even as bare statuses" in r.getMessage() for r in caplog.records)
-    assert store.backlog().depth == 0  # not wedged: the next report is written
+    assert (store.backlog().depth, store.backlog().refused) == (0, 2)  # not wedged: the next report is written
     await store.report(report(TaskStatus.SUCCESS, ids[2]))
     await store.pending(10)
     assert statuses(feishu, ids) == ["PROCESSING", "PROCESSING", "SUCCESS"]
@@ -249,3 +288,32 @@ async def test_a_second_store_on_the_same_data_dir_writes_the_first_ones_reports
     assert statuses(feishu, ids) == ["PENDING", "FAILED"]  # the report first, then the retry over it
     await second.close()
     await first.close()
+
+
+async def test_a_report_whose_cells_cannot_be_built_is_moved_aside_and_the_rest_written(
+    feishu, tmp_path, caplog, monkeypatch
+):
+    store = await open_store(feishu, tmp_path, status_flush_seconds=LONG)
+    ids = await claimed(store, 3)
+    built = Schema.changed_cells
+
+    def changed_cells(schema: Schema, change: StatusChange) -> dict:
+        if change.error == "unbuildable":
+            raise OverflowError("a bug in building cells")
+        return built(schema, change)
+
+    monkeypatch.setattr(Schema, "changed_cells", changed_cells)
+    await store.report(
+        [StatusChange(ids[0], TaskStatus.FAILED, error="unbuildable"), *report(TaskStatus.SUCCESS, *ids[1:])]
+    )
+    with caplog.at_level(logging.ERROR, logger="app.store.flusher"):
+        await store.pending(10)  # never raises out of the flusher
+    assert statuses(feishu, ids) == ["PROCESSING", "SUCCESS", "SUCCESS"]
+    assert store.backlog().depth == 0
+    assert any("could not build the cells of 1 status reports" in r.getMessage() for r in caplog.records)
+    await store.close()
+    outbox = outbox_of(tmp_path)
+    outbox.open()
+    (refused,) = outbox.refused()
+    await outbox.close()
+    assert refused.change.record_id == ids[0] and "OverflowError" in refused.reason

@@ -42,6 +42,18 @@ async def test_changes_come_out_in_the_order_they_were_accepted_and_stay_until_d
     assert [e.seq for e in outbox.take(10)] == [entries[2].seq]
 
 
+async def test_sequence_numbers_are_never_reused_once_the_outbox_empties(outbox, tmp_path):
+    await outbox.append([change("recA"), change("recB")])
+    until = outbox.newest()  # a flush began: it writes what was accepted up to here
+    outbox.done(outbox.take(10, until))
+    await outbox.append([change("recC")])  # accepted after that flush began
+    assert outbox.take(10, until) == []
+    await outbox.close()
+    outbox.open()
+    await outbox.append([change("recD")])
+    assert [e.seq > until for e in outbox.take(10)] == [True, True]
+
+
 async def test_what_waits_is_read_per_record_in_order(outbox):
     await outbox.append([change("recA", TaskStatus.PENDING), change("recB")])
     await outbox.append([change("recA", TaskStatus.CANCELLED)])
@@ -100,8 +112,9 @@ async def test_a_record_is_known_when_remembered_or_waiting_and_forgotten_once_f
 async def test_refused_changes_are_kept_aside_with_their_reason_and_not_taken_again(outbox):
     await outbox.append([change("recA", error="x" * 10), change("recB")])
     entries = outbox.take(10)
-    outbox.done(entries, refused=entries[:1], reason="code 1254130: a cell is too large")
+    outbox.done(entries, refused=[(entries[0], "code 1254130: a cell is too large")])
     assert outbox.take(10) == []
+    assert (outbox.backlog().depth, outbox.backlog().refused) == (0, 1)  # shown in /api/stats and /metrics
     [refused] = outbox.refused()
     assert (refused.change, refused.reason) == (change("recA", error="x" * 10), "code 1254130: a cell is too large")
 

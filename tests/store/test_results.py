@@ -7,24 +7,17 @@ from datetime import UTC, datetime
 
 from app.identity import canonical_json
 from app.models import StatusChange, TaskStatus
-from app.store.bitable import BitableTaskStore
 from app.store.columns import setup_columns
 from app.store.feishu import FeishuTable
 from app.store.timestamps import to_ms
 from tests.feishu.emulator import DEFAULT_FIELDS
 from tests.support.feishu import APP_TOKEN, TABLE_ID
-from tests.support.settings import bitable_settings
+from tests.support.stores import open_store
 from tests.support.tasks import add_all, new_task
 
 FINISHED = datetime(2026, 11, 1, 12, 31, 5, 123000, tzinfo=UTC)
 RESULT_COLUMNS = ("Result", "Error", "FinishedAt")
 WITHOUT_RESULTS = [spec for spec in DEFAULT_FIELDS if spec[0] not in RESULT_COLUMNS]  # a table set up before them
-
-
-async def open_store(emu, data_dir, **overrides) -> BitableTaskStore:
-    store = BitableTaskStore.from_settings(bitable_settings(emu, data_dir, **overrides))
-    await store.open()
-    return store
 
 
 async def test_results_and_errors_are_written_to_their_cells_in_one_batch_update(bitable_store, feishu):
@@ -110,4 +103,21 @@ async def test_setup_columns_adds_the_result_columns_to_a_table_made_before_them
     caplog.set_level(logging.WARNING)
     store = await open_store(feishu, tmp_path, feishu_bitable_table_id="tblOld")
     assert not [r for r in caplog.records if "optional columns" in r.getMessage()]
+    await store.close()
+
+
+async def test_a_result_number_too_large_for_a_float_is_written_without_its_mirror(feishu, tmp_path):
+    feishu.add_table(APP_TOKEN, "tblMirror", [*DEFAULT_FIELDS, ("score", 2), ("title", 1), ("due", 5)])
+    store = await open_store(feishu, tmp_path, feishu_bitable_table_id="tblMirror", status_flush_seconds=3_600)
+    (stored,) = await add_all(store, [new_task(1)])
+    huge = 10**400
+    await store.update([StatusChange(stored.record_id, TaskStatus.PROCESSING, attempts=1)])
+    result = {"score": huge, "title": huge, "due": huge}
+    assert await store.report([StatusChange(stored.record_id, TaskStatus.SUCCESS, result=result)]) == []
+    assert (await store.get([stored.record_id]))[stored.record_id].result == result  # laid over before the write
+    await store.pending(10)  # the flush: written, without the mirrors it does not fit
+    assert store.backlog().depth == 0
+    row = feishu.rows(APP_TOKEN, "tblMirror")[stored.record_id]
+    assert row["Status"] == "SUCCESS" and json.loads(row["Result"]) == result
+    assert not {"score", "title", "due"} & set(row)
     await store.close()

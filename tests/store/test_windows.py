@@ -11,7 +11,7 @@ from app.store.bitable import BitableTaskStore
 from app.store.windows import IDLE_FACTOR, SCAN_ROWS, PoolCounts
 from tests.support.fakes import Seconds
 from tests.support.feishu import APP_TOKEN, TABLE_ID
-from tests.support.settings import bitable_settings
+from tests.support.stores import open_store
 from tests.support.tasks import add_all, new_task
 
 WINDOW = 30.0
@@ -23,20 +23,16 @@ def seconds() -> Seconds:
 
 
 @pytest.fixture
-async def open_store(feishu, tmp_path, seconds) -> AsyncIterator[Callable]:
+async def new_store(feishu, tmp_path, seconds) -> AsyncIterator[Callable]:
     """Stores on the emulator's table, on the test's clock, one try a call; all closed at the end."""
     stores: list[BitableTaskStore] = []
 
     async def make(**overrides) -> BitableTaskStore:
-        settings = bitable_settings(
-            feishu,
-            tmp_path / f"data-{len(stores)}",
-            feishu_retry_attempts=1,
-            **({"ready_check_seconds": WINDOW, "stats_cache_seconds": WINDOW} | overrides),
+        windows = {"ready_check_seconds": WINDOW, "stats_cache_seconds": WINDOW} | overrides
+        store = await open_store(
+            feishu, tmp_path / f"data-{len(stores)}", clock=seconds, feishu_retry_attempts=1, **windows
         )
-        store = BitableTaskStore.from_settings(settings, clock=seconds)
         stores.append(store)
-        await store.open()
         return store
 
     yield make
@@ -64,9 +60,9 @@ def expected(**counts: int) -> dict[str, int]:
 
 
 async def test_probes_within_a_window_answer_from_the_latest_real_call_and_one_call_renews_it(
-    open_store, feishu, seconds
+    new_store, feishu, seconds
 ):
-    store = await open_store()  # its own column list at start is the first evidence
+    store = await new_store()  # its own column list at start is the first evidence
     feishu.reset_calls()
     for _ in range(100):
         await store.check()
@@ -81,8 +77,8 @@ async def test_probes_within_a_window_answer_from_the_latest_real_call_and_one_c
     assert calls(feishu) == 1
 
 
-async def test_any_real_call_renews_the_window(open_store, feishu, seconds):
-    store = await open_store()
+async def test_any_real_call_renews_the_window(new_store, feishu, seconds):
+    store = await new_store()
     seconds.advance(WINDOW - 1)
     await store.pending(10)  # a search the store made for its own reasons
     feishu.reset_calls()
@@ -91,10 +87,8 @@ async def test_any_real_call_renews_the_window(open_store, feishu, seconds):
     assert calls(feishu) == 0
 
 
-async def test_a_failed_real_call_makes_the_probe_fail_without_a_call_until_the_window_ends(
-    open_store, feishu, seconds
-):
-    store = await open_store()
+async def test_a_failed_real_call_makes_the_probe_fail_without_a_call_until_the_window_ends(new_store, feishu, seconds):
+    store = await new_store()
     feishu.add_fault("server_error", endpoint="search")
     with pytest.raises(StoreUnavailable) as failed:
         await store.pending(10)
@@ -114,8 +108,8 @@ async def test_a_failed_real_call_makes_the_probe_fail_without_a_call_until_the_
     assert calls(feishu) == feishu.count("fields_list") == 1
 
 
-async def test_a_success_after_a_failure_makes_the_store_ready_again_without_a_call(open_store, feishu):
-    store = await open_store()
+async def test_a_success_after_a_failure_makes_the_store_ready_again_without_a_call(new_store, feishu):
+    store = await new_store()
     feishu.add_fault("server_error", endpoint="search", times=1)
     with pytest.raises(StoreUnavailable):
         await store.pending(10)
@@ -126,9 +120,9 @@ async def test_a_success_after_a_failure_makes_the_store_ready_again_without_a_c
 
 
 async def test_concurrent_probes_share_one_call_and_one_that_gives_up_leaves_it_to_the_others(
-    open_store, feishu, seconds
+    new_store, feishu, seconds
 ):
-    store = await open_store()
+    store = await new_store()
     seconds.advance(WINDOW)
     feishu.latency = {"fields_list": 0.3}
     feishu.reset_calls()
@@ -138,8 +132,8 @@ async def test_concurrent_probes_share_one_call_and_one_that_gives_up_leaves_it_
     assert feishu.count("fields_list") == 1
 
 
-async def test_a_failed_probe_call_answers_the_probes_of_its_window(open_store, feishu, seconds):
-    store = await open_store()
+async def test_a_failed_probe_call_answers_the_probes_of_its_window(new_store, feishu, seconds):
+    store = await new_store()
     seconds.advance(WINDOW)
     feishu.add_fault("server_error", endpoint="fields_list")
     feishu.reset_calls()
@@ -149,8 +143,8 @@ async def test_a_failed_probe_call_answers_the_probes_of_its_window(open_store, 
     assert feishu.count("fields_list") == 1
 
 
-async def test_a_window_of_zero_calls_on_every_probe(open_store, feishu):
-    store = await open_store(ready_check_seconds=0)
+async def test_a_window_of_zero_calls_on_every_probe(new_store, feishu):
+    store = await new_store(ready_check_seconds=0)
     feishu.reset_calls()
     for _ in range(3):
         await store.check()
@@ -160,8 +154,8 @@ async def test_a_window_of_zero_calls_on_every_probe(open_store, feishu):
 # ---- counts -------------------------------------------------------------------------------------------------
 
 
-async def test_a_small_pool_is_counted_in_one_search_and_kept_for_the_window(open_store, feishu, seconds):
-    store = await open_store()
+async def test_a_small_pool_is_counted_in_one_search_and_kept_for_the_window(new_store, feishu, seconds):
+    store = await new_store()
     statuses = [TaskStatus.PENDING] * 3 + [TaskStatus.SUCCESS] * 2 + [TaskStatus.FAILED, TaskStatus.CANCELLED]
     await tasks_in(store, statuses)
     feishu.insert_rows(APP_TOKEN, TABLE_ID, [{"Status": "PROCESSING"}, {"Identifier": "typed by hand, no status"}])
@@ -174,8 +168,8 @@ async def test_a_small_pool_is_counted_in_one_search_and_kept_for_the_window(ope
     assert calls(feishu) == 1
 
 
-async def test_a_pool_past_the_scan_is_counted_by_five_searches(open_store, feishu, seconds):
-    store = await open_store()
+async def test_a_pool_past_the_scan_is_counted_by_five_searches(new_store, feishu, seconds):
+    store = await new_store()
     statuses = ["PENDING", "PROCESSING", "SUCCESS", "FAILED", "CANCELLED"]
     feishu.insert_rows(APP_TOKEN, TABLE_ID, [{"Status": statuses[n % 5]} for n in range(SCAN_ROWS + 5)])
     feishu.reset_calls()
@@ -188,8 +182,24 @@ async def test_a_pool_past_the_scan_is_counted_by_five_searches(open_store, feis
     assert feishu.count("search") == 5  # the size is known now
 
 
-async def test_callers_of_due_counts_share_one_count(open_store, feishu, seconds):
-    store = await open_store()
+async def test_rows_without_a_status_keep_a_pool_past_the_scan_from_being_scanned_again(new_store, feishu, seconds):
+    store = await new_store()
+    statuses = ["PENDING", "PROCESSING", "SUCCESS", "FAILED", "CANCELLED"]
+    feishu.insert_rows(APP_TOKEN, TABLE_ID, [{"Status": statuses[n % 5]} for n in range(1_500)])
+    feishu.insert_rows(APP_TOKEN, TABLE_ID, [{"Identifier": f"typed by hand {n}"} for n in range(600)])
+    feishu.reset_calls()
+    counts = await store.counts()
+    assert counts.by_status == {status: 300 for status in statuses}
+    assert feishu.count("search") == 1 + 5  # the scan's first page showed 2,100 rows
+    for _ in range(2):
+        seconds.advance(WINDOW * IDLE_FACTOR)
+        feishu.reset_calls()
+        assert (await store.counts()).by_status == counts.by_status
+        assert feishu.count("search") == 5  # 1,500 with a status, but 2,100 rows: no scan to give up again
+
+
+async def test_callers_of_due_counts_share_one_count(new_store, feishu, seconds):
+    store = await new_store()
     await tasks_in(store, [TaskStatus.PENDING] * 4)
     await store.counts()
     await store.update([])  # nothing written: an empty update makes no call
@@ -201,8 +211,8 @@ async def test_callers_of_due_counts_share_one_count(open_store, feishu, seconds
     assert len({answer.as_of for answer in answers}) == 1
 
 
-async def test_a_write_of_this_process_shows_in_the_counts_within_the_window(open_store, feishu, seconds):
-    store = await open_store()
+async def test_a_write_of_this_process_shows_in_the_counts_within_the_window(new_store, feishu, seconds):
+    store = await new_store()
     record_ids = await tasks_in(store, [TaskStatus.PENDING] * 3)
     before = await store.counts()
     seconds.advance(1)
@@ -218,9 +228,9 @@ async def test_a_write_of_this_process_shows_in_the_counts_within_the_window(ope
 
 
 async def test_with_no_write_of_this_process_counts_are_kept_ten_windows_which_bounds_a_hand_edit(
-    open_store, feishu, seconds
+    new_store, feishu, seconds
 ):
-    store = await open_store()
+    store = await new_store()
     await tasks_in(store, [TaskStatus.PENDING] * 2)
     seconds.advance(1)  # the count begins after the last write ended
     before = await store.counts()
@@ -234,8 +244,8 @@ async def test_with_no_write_of_this_process_counts_are_kept_ten_windows_which_b
     assert calls(feishu) == 1
 
 
-async def test_a_count_that_fails_is_raised_and_the_old_counts_are_not_served(open_store, feishu, seconds):
-    store = await open_store()
+async def test_a_count_that_fails_is_raised_and_the_old_counts_are_not_served(new_store, feishu, seconds):
+    store = await new_store()
     record_ids = await tasks_in(store, [TaskStatus.PENDING] * 2)
     await store.counts()
     await store.update([StatusChange(record_ids[0], TaskStatus.FAILED)])
@@ -246,8 +256,8 @@ async def test_a_count_that_fails_is_raised_and_the_old_counts_are_not_served(op
     assert (await store.counts()).by_status == expected(PENDING=1, FAILED=1)
 
 
-async def test_reports_waiting_are_counted_through_the_page_and_never_kept_past_the_window(open_store, feishu, seconds):
-    store = await open_store()
+async def test_reports_waiting_are_counted_through_the_page_and_never_kept_past_the_window(new_store, feishu, seconds):
+    store = await new_store()
     await tasks_in(store, [TaskStatus.PENDING] * 2)
     waiting = Backlog(depth=1, oldest_age_seconds=0.5)
     counts = PoolCounts(store.table, store.page, lambda: waiting, WINDOW)
@@ -259,8 +269,8 @@ async def test_reports_waiting_are_counted_through_the_page_and_never_kept_past_
     assert feishu.count("search") == 10
 
 
-async def test_a_window_of_zero_counts_on_every_read(open_store, feishu):
-    store = await open_store(stats_cache_seconds=0)
+async def test_a_window_of_zero_counts_on_every_read(new_store, feishu):
+    store = await new_store(stats_cache_seconds=0)
     feishu.reset_calls()
     await store.counts()
     await store.counts()
@@ -272,13 +282,13 @@ async def test_a_window_of_zero_counts_on_every_read(open_store, feishu):
 
 @pytest.mark.parametrize(("tasks", "spent"), [(1_000, 3), (SCAN_ROWS, 5), (SCAN_ROWS + 1, 7)])
 async def test_a_busy_minute_of_probes_and_stats_costs_its_counts_and_one_column_list(
-    open_store, feishu, seconds, tasks, spent
+    new_store, feishu, seconds, tasks, spent
 ):
     """The issue's minute, 120 probes (one every 0.5 s) and 40 stats reads (one every 1.5 s) right after the pool's
     last write: one count (a search per 500 rows up to SCAN_ROWS; past it, the scan's first page and five counts),
     whose calls answer the probes of the first window, and one column list for the second. At most five calls up
     to SCAN_ROWS rows."""
-    store = await open_store()
+    store = await new_store()
     record_ids = [s.record_id for s in await add_all(store, [new_task(n) for n in range(tasks)])]
     await store.update([StatusChange(rid, TaskStatus.SUCCESS) for rid in record_ids])
     seconds.advance(1)

@@ -1,6 +1,8 @@
-"""Store fixtures: `sqlite_store`, `bitable_store` (on the emulator), and `store`, which runs a test on both."""
+"""Store fixtures: `sqlite_store`, `bitable_store` (on the emulator), and `store`, which runs a test on both; and
+`open_store`, a Bitable store on the emulator with the settings a test gives."""
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,16 @@ from app.store.bitable import BitableTaskStore
 from app.store.sqlite import SqliteTaskStore
 from tests.support.settings import bitable_settings
 
-__all__ = ["bitable_store", "sqlite_store", "store"]
+__all__ = ["bitable_store", "open_store", "sqlite_store", "store"]
+
+
+async def open_store(
+    emu, data_dir: Path, *, clock: Callable[[], float] = time.monotonic, **overrides
+) -> BitableTaskStore:
+    """A Bitable store on the emulator's table, opened, these settings over `bitable_settings`; the caller closes it."""
+    store = BitableTaskStore.from_settings(bitable_settings(emu, data_dir, **overrides), clock=clock)
+    await store.open()
+    return store
 
 
 @pytest.fixture
@@ -23,9 +34,7 @@ async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteTaskStore]:
 @pytest.fixture
 async def bitable_store(feishu, tmp_path: Path) -> AsyncIterator[BitableTaskStore]:
     """Probes and counts call Feishu every time here; tests/store/test_windows.py covers their windows."""
-    settings = bitable_settings(feishu, tmp_path / "data", ready_check_seconds=0, stats_cache_seconds=0)
-    store = BitableTaskStore.from_settings(settings)
-    await store.open()
+    store = await open_store(feishu, tmp_path / "data", ready_check_seconds=0, stats_cache_seconds=0)
     yield store
     await store.close()
 
