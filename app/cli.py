@@ -17,7 +17,7 @@ from rich.table import Table
 from app.config import ConfigError, StoreKind, load_settings
 from app.errors import ServiceError
 from app.logs import configure_logging
-from app.models import RECORD_ID_PATTERN, TaskOut, TaskRecord, TaskStatus
+from app.models import MAX_PRIORITY, MIN_PRIORITY, RECORD_ID_PATTERN, TaskOut, TaskRecord, TaskStatus
 from app.store import build_store
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 cli = typer.Typer(help="Task Manager for MQ", no_args_is_help=True, add_completion=False)
-tasks_cli = typer.Typer(help="Look at tasks.", no_args_is_help=True)
+tasks_cli = typer.Typer(help="Look at tasks, or change one's priority.", no_args_is_help=True)
 cli.add_typer(tasks_cli, name="tasks")
 console = Console(width=shutil.get_terminal_size((160, 24)).columns)  # piped output is not cut at 80 columns
 
@@ -240,6 +240,21 @@ def tasks_show(
         raise typer.Exit(2)
     record = _with_services(lambda services: services.tasks.get_task(target))
     typer.echo(TaskOut.of(record).model_dump_json(indent=2))  # the API's shape: plain JSON, for jq too
+
+
+@tasks_cli.command("priority", context_settings={"ignore_unknown_options": True})  # takes -5 as a priority
+def tasks_priority(
+    record_id: Annotated[str, typer.Argument(help="the PENDING task's record id")],
+    priority: Annotated[
+        int, typer.Argument(min=MIN_PRIORITY, max=MAX_PRIORITY, help="its new priority: higher is picked first")
+    ],
+) -> None:
+    """Change a PENDING task's priority; the next cycle picks by it. Prints the task as JSON."""
+    if not re.fullmatch(RECORD_ID_PATTERN, record_id):
+        console.print(f"{record_id!r} is not a record id", style="red", markup=False)
+        raise typer.Exit(2)
+    record = _with_services(lambda services: services.tasks.change_priority(record_id, priority))
+    typer.echo(TaskOut.of(record).model_dump_json(indent=2))
 
 
 def _row(record: TaskRecord) -> list[str]:

@@ -246,6 +246,22 @@ class UpdateStatusResponse(BaseModel):
     not_found: list[str]
 
 
+MIN_PRIORITY, MAX_PRIORITY = -1_000_000, 1_000_000  # ?priority on ingest and a priority change alike
+
+
+class PriorityChange(BaseModel):
+    """`PATCH /api/tasks/{record_id}`: a PENDING task's new priority; the next cycle picks by it."""
+
+    model_config = {"extra": "forbid"}
+
+    priority: int = Field(
+        strict=True,  # 5.0, "5" or true is refused, as ?priority=5.0 is on ingest
+        ge=MIN_PRIORITY,
+        le=MAX_PRIORITY,
+        description="higher is picked first, as ?priority on ingest",
+    )
+
+
 class TaskOut(BaseModel):
     record_id: str
     identifier: str | None

@@ -23,7 +23,8 @@ The locks, outermost first; a task holding one may wait only for those below it,
     (`ReplenishCycle.run`); the bot's notice is sent after it is released.
  3. `Dispatcher.claiming` (asyncio.Lock, this process): from reading the rows to claim until they are
     dispatched; taken by the cycle (settling claims, then topping up, one after the other), by lease recovery
-    on its own, and by the priority push (around its `store.add`, whose write it waits for).
+    on its own, by the priority push (around its `store.add`, whose write it waits for), and by a priority
+    change (around its `store.set_priority`, whose turn it waits for).
  4. The claim journal's transaction (claims.db: `SqliteFile`'s thread lock, then SQLite's BEGIN IMMEDIATE),
     before the claim is written and again after; it probes other owners' claims-owners/*.lock, non-blocking.
  5. `BatchWriter.turn()` / its write lock (asyncio.Lock, one Bitable write per table at a time): a store

@@ -24,6 +24,8 @@ from app.metrics import (
 )
 from app.models import (
     MAX_ERROR_CHARS,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
     Backlog,
     BacklogOut,
     BulkStatusUpdate,
@@ -167,6 +169,20 @@ class TaskService:
 
     async def cancel_task(self, record_id: str) -> TaskRecord:
         return await self._move(record_id, {TaskStatus.PENDING}, TaskStatus.CANCELLED)
+
+    async def change_priority(self, record_id: str, priority: int) -> TaskRecord:
+        """A PENDING task's new priority; the next cycle picks by it."""
+        if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+            raise InvalidInput(f"priority {priority} is out of range: {MIN_PRIORITY:,}..{MAX_PRIORITY:,}")
+        # a cycle holds it from its pick to its claim: no pick by the old priority claims the task after this 200
+        async with self._dispatcher.claiming:
+            record = await self.store.set_priority(record_id, priority)
+        if record is None:
+            raise NotFound(f"no task with record id {record_id}")
+        if record.status is not TaskStatus.PENDING:
+            status = record.status or "in no status the service knows"
+            raise Conflict(f"task {record_id} is {status}; only a PENDING task's priority can change")
+        return record
 
     async def _move(
         self, record_id: str, allowed: set[TaskStatus], to: TaskStatus, attempts: int | None = None

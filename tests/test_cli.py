@@ -1,4 +1,5 @@
-"""The command line run as a process: reindex, replenish, stats, setup-bitable, prune, tasks, the console script."""
+"""The command line run as a process: reindex, replenish, stats, setup-bitable, prune, tasks (show, priority), the
+console script."""
 
 import json
 import os
@@ -193,6 +194,46 @@ async def test_tasks_show_lists_n_tasks_or_one_in_full(tmp_path):
         assert odd.returncode == 2, odd.stdout + odd.stderr
         assert "neither a number of tasks nor a record id" in " ".join(odd.stdout.split())
         assert "Traceback" not in odd.stdout + odd.stderr
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "bitable"])
+async def test_tasks_priority_changes_a_pending_tasks_priority_and_the_next_cycle_picks_by_it(kind, tmp_path, request):
+    from app.store.sqlite import SqliteTaskStore
+    from tests.support.stores import open_store
+    from tests.support.tasks import add_all, new_task
+
+    if kind == "sqlite":
+        env = {"DATA_DIR": str(tmp_path / "data")}
+        store = SqliteTaskStore(tmp_path / "data" / "tasks.db")
+        await store.open()
+    else:
+        feishu = request.getfixturevalue("feishu")
+        env = bitable_env(feishu, tmp_path)
+        store = await open_store(feishu, tmp_path / "data")
+    first, second = (s.record_id for s in await add_all(store, [new_task(1, priority=3), new_task(2, priority=3)]))
+    await store.close()
+    env["REPLENISH_BATCH_SIZE"] = "1"
+
+    changed = run_cli("tasks", "priority", second, "-7", env=env, cwd=tmp_path)  # a negative number, not an option
+    assert changed.returncode == 0, changed.stdout + changed.stderr
+    shown = json.loads(changed.stdout)
+    assert (shown["record_id"], shown["status"], shown["priority"]) == (second, "PENDING", -7)
+    assert run_cli("tasks", "priority", second, "4", env=env, cwd=tmp_path).returncode == 0
+    cycle = run_cli("replenish", env=env, cwd=tmp_path)
+    assert cycle.returncode == 0, cycle.stdout + cycle.stderr
+    assert json.loads(run_cli("tasks", "show", second, env=env, cwd=tmp_path).stdout)["status"] == "PROCESSING"
+    assert json.loads(run_cli("tasks", "show", first, env=env, cwd=tmp_path).stdout)["status"] == "PENDING"
+
+    claimed = run_cli("tasks", "priority", second, "9", env=env, cwd=tmp_path)
+    assert claimed.returncode == 1 and "conflict" in claimed.stdout
+    assert "is PROCESSING; only a PENDING task's priority can change" in " ".join(claimed.stdout.split())
+    missing = run_cli("tasks", "priority", "recNOPE", "9", env=env, cwd=tmp_path)
+    assert missing.returncode == 1 and "not_found" in missing.stdout
+    for args in ((first, "1000001"), (first, "2.5"), ("a/b", "1")):  # refused before any work, as usage errors
+        refused = run_cli("tasks", "priority", *args, env=env, cwd=tmp_path)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "Traceback" not in refused.stdout + refused.stderr
+    assert json.loads(run_cli("tasks", "show", first, env=env, cwd=tmp_path).stdout)["priority"] == 3
 
 
 @pytest.mark.broker

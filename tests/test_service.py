@@ -1,8 +1,12 @@
-"""The pool's rules (ingest, the priority push, stats), on both stores, with a fake publisher and a hand-moved clock."""
+"""The pool's rules (ingest, the priority push, a priority change, stats), on both stores, with a fake publisher
+and a hand-moved clock."""
 
+import asyncio
 import threading
 
-from app.errors import BrokerUnavailable, QueueMissing
+import pytest
+
+from app.errors import BrokerUnavailable, Conflict, InvalidInput, NotFound, QueueMissing
 from app.identity import task_identifier
 from app.models import StatusChange, TaskStatus
 from app.service import TaskService
@@ -48,6 +52,45 @@ async def test_priority_push_that_cannot_publish_is_deferred_and_stays_pending(s
     assert [i.outcome for i in answer.items] == ["deferred"] and answer.published == 0
     record = (await service.store.get([answer.items[0].record_id]))[answer.items[0].record_id]
     assert (record.status, record.attempts) == (TaskStatus.PENDING, 0)
+
+
+async def test_a_priority_change_is_what_the_next_cycle_picks_by(service, cycle, publisher):
+    items = (await service.ingest_tasks([{"n": n} for n in range(4)], priority=1)).items
+    changed = await service.change_priority(items[3].record_id, 1_000_000)
+    assert (changed.status, changed.priority) == (TaskStatus.PENDING, 1_000_000)
+    await service.change_priority(items[0].record_id, -1_000_000)
+    service.settings.replenish_batch_size = 2
+    report = await cycle.run()
+    assert report.published == 2
+    assert [m.payload["n"] for m, _ in publisher.sent] == [3, 1]
+    await cycle.run()
+    assert [m.payload["n"] for m, _ in publisher.sent] == [3, 1, 2, 0]
+
+
+async def test_a_priority_change_refuses_a_missing_task_one_not_pending_and_a_priority_out_of_range(service):
+    (item,) = (await service.ingest_tasks([{"n": 1}], priority=4)).items
+    with pytest.raises(NotFound, match="recMISSING00000"):
+        await service.change_priority("recMISSING00000", 1)
+    for priority in (1_000_001, -1_000_001):
+        with pytest.raises(InvalidInput, match="out of range"):
+            await service.change_priority(item.record_id, priority)
+    await service.cancel_task(item.record_id)
+    with pytest.raises(Conflict, match=f"task {item.record_id} is CANCELLED; only a PENDING task's priority"):
+        await service.change_priority(item.record_id, 9)
+    assert (await service.get_task(item.record_id)).priority == 4
+
+
+async def test_a_priority_change_waits_for_a_pick_in_progress_and_then_finds_the_task_claimed(service, dispatcher):
+    (item,) = (await service.ingest_tasks([{"n": 1}])).items
+    async with dispatcher.claiming:  # as a cycle holds it from its pick to its claim
+        picked = await service.store.pending(10)
+        change = asyncio.create_task(service.change_priority(item.record_id, 50))
+        done, _ = await asyncio.wait({change}, timeout=0.5)
+        assert not done  # it does not write while the pick that read the old priority has not claimed yet
+        await dispatcher.claim(picked)
+    with pytest.raises(Conflict, match="is PROCESSING"):
+        await change
+    assert (await service.get_task(item.record_id)).priority is None
 
 
 async def test_stats_count_every_status_and_remember_the_last_cycle(service, cycle, publisher):

@@ -14,6 +14,7 @@ from app.models import (
     BulkStatusUpdate,
     ErrorOut,
     IngestResponse,
+    PriorityChange,
     PriorityResponse,
     TaskOut,
     TaskPageOut,
@@ -81,6 +82,12 @@ async def list_tasks(
 @router.get("/{record_id:record_id}", response_model=TaskOut, responses=ERRORS)
 async def get_task(service: ServiceDep, record_id: RecordId) -> TaskOut:
     return TaskOut.of(await service.get_task(record_id))
+
+
+@router.patch("/{record_id:record_id}", response_model=TaskOut, responses=ERRORS)
+async def change_priority(service: ServiceDep, record_id: RecordId, change: PriorityChange) -> TaskOut:
+    """A PENDING task's new priority (higher is picked first); the next cycle picks by it."""
+    return TaskOut.of(await service.change_priority(record_id, change.priority))
 
 
 @router.post("/{record_id:record_id}/retry", response_model=TaskOut, responses=ERRORS)

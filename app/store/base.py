@@ -35,6 +35,13 @@ class TaskStore(Protocol):
         """Apply the changes whose record exists; answer the record ids that do not (or, for a change with
         `if_still`, are no longer in that status)."""
 
+    async def set_priority(self, record_id: str, priority: int) -> TaskRecord | None:
+        """Write the priority of a task still PENDING, checked and written in one step, nothing else of it; answer
+        the task as it now is (unchanged when it is not PENDING), None when there is none.
+
+        Only the priority is written, so a claim landing meanwhile from another process is never undone.
+        """
+
     async def report(self, changes: Sequence[StatusChange]) -> list[str]:
         """Accept workers' reports; answer the record ids that do not exist.
 

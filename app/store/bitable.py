@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from app.config import Settings
-from app.errors import InvalidInput, StoreRejected, StoreUnavailable
+from app.errors import Conflict, InvalidInput, StoreRejected, StoreUnavailable
 from app.models import Added, Backlog, Counts, NewTask, StatusChange, Stored, TaskPage, TaskRecord, TaskStatus
 from app.paths import DataDir
 from app.store.chunks import chunked
-from app.store.columns import CREATED_AT, IDENTIFIER, Schema, is_identifier, load_schema, number, plain
+from app.store.columns import CREATED_AT, IDENTIFIER, PRIORITY, Schema, is_identifier, load_schema, number, plain
 from app.store.feishu import FeishuTable, RecordMissing, rows_of
 from app.store.flusher import MAX_UPDATE, Flusher
 from app.store.index import IdentifierIndex, State
@@ -226,6 +226,28 @@ class BitableTaskStore:
                 [*missing, *(c.record_id for c in applied if c.status in FINISHED)],
             )
         return not_found
+
+    async def set_priority(self, record_id: str, priority: int) -> TaskRecord | None:
+        """One `batch_get` and, for a PENDING task, one `batch_update` of its Priority cell, in one writer's turn."""
+        if not self._schema.has(PRIORITY):
+            raise Conflict(
+                "the Bitable table has no Priority column (a number), so the pick cannot order tasks by priority; "
+                "`python -m app setup-bitable` adds it"
+            )
+        async with self._writer.turn():
+            await self._flusher.flush_in_turn()  # a report accepted before this change is in the row read next
+            fields = (await rows_of(self.table, [record_id])).get(record_id)
+            if fields is None:
+                return None
+            record = self._schema.decode(record_id, fields)
+            if record.status is not TaskStatus.PENDING:
+                return record
+            try:
+                await self.table.batch_update([(record_id, {PRIORITY: priority})])
+            except RecordMissing:  # deleted by hand since it was read
+                return None
+        record.priority = priority
+        return record
 
     async def _still(self, changes: list[StatusChange]) -> tuple[list[StatusChange], list[str]]:
         """The changes to apply, and the record ids of those whose `if_still` no longer holds or whose row is gone."""

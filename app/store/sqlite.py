@@ -233,6 +233,16 @@ class SqliteTaskStore:
                     not_found.append(change.record_id)
         return not_found
 
+    async def set_priority(self, record_id: str, priority: int) -> TaskRecord | None:
+        return await self._run(self._set_priority, record_id, priority)
+
+    def _set_priority(self, record_id: str, priority: int) -> TaskRecord | None:
+        with self._transaction():
+            self.db.execute(
+                "UPDATE tasks SET priority = ? WHERE record_id = ? AND status = 'PENDING'", (priority, record_id)
+            )
+            return self._get([record_id]).get(record_id)
+
     async def report(self, changes: Sequence[StatusChange]) -> list[str]:
         return await self.update(changes)  # one local transaction: durable and visible at once
 

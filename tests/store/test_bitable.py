@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from app.claims import ClaimJournal
-from app.errors import QuotaExhausted, StoreRejected, StoreUnavailable
+from app.errors import Conflict, QuotaExhausted, StoreRejected, StoreUnavailable
 from app.main import wire
 from app.models import StatusChange, TaskStatus
 from app.store import rebuild
@@ -440,6 +440,34 @@ async def test_missing_optional_columns_warn_once_and_switch_their_features_off(
     await store.update([StatusChange(stored.record_id, TaskStatus.PROCESSING, attempts=1)])
     assert set(feishu.rows(APP_TOKEN, "tblMin")[stored.record_id]) == {"Identifier", "Status", "Payload", "CreatedAt"}
     await store.close()
+
+
+async def test_a_priority_change_costs_one_read_and_one_write_of_the_priority_cell_alone(bitable_store, feishu):
+    pending, claimed = (s.record_id for s in await add_all(bitable_store, [new_task(1), new_task(2)]))
+    await bitable_store.update([StatusChange(claimed, TaskStatus.PROCESSING, attempts=1)])
+    feishu.reset_calls()
+    await bitable_store.set_priority(pending, 7)
+    assert (feishu.count("batch_get"), feishu.count("batch_update"), len(feishu.calls)) == (1, 1, 2)
+    (update,) = [c for c in feishu.calls if c.endpoint == "batch_update"]
+    assert update.n_records == 1
+    assert feishu.rows(APP_TOKEN, TABLE_ID)[pending]["Priority"] == 7
+    feishu.reset_calls()
+    await bitable_store.set_priority(claimed, 7)  # not PENDING: read, not written
+    assert (feishu.count("batch_get"), len(feishu.calls)) == (1, 1)
+    assert "Priority" not in feishu.rows(APP_TOKEN, TABLE_ID)[claimed]
+
+
+async def test_a_priority_change_on_a_table_without_priority_is_refused_saying_why_without_a_call(feishu, tmp_path):
+    feishu.add_table(APP_TOKEN, "tblMin", _default_fields()[:4])
+    store = await open_store(feishu, tmp_path, feishu_bitable_table_id="tblMin")
+    try:
+        (stored,) = await add_all(store, [new_task(1)])
+        feishu.reset_calls()
+        with pytest.raises(Conflict, match=r"no Priority column.*setup-bitable"):
+            await store.set_priority(stored.record_id, 3)
+        assert feishu.calls == []
+    finally:
+        await store.close()
 
 
 async def test_updating_unknown_ids_falls_back_to_a_lookup_and_updates_the_rest(bitable_store, feishu):

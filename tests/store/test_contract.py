@@ -80,6 +80,27 @@ async def test_update_writes_claim_fields(store):
     assert record.attempts == 2
 
 
+async def test_set_priority_writes_a_pending_tasks_priority_only_and_the_pick_follows_it(store):
+    low, high, other = (s.record_id for s in await add_all(store, [new_task(1), new_task(2, priority=5), new_task(3)]))
+    assert [r.record_id for r in await store.pending(3)] == [high, low, other]
+    changed = await store.set_priority(other, 9)
+    assert (changed.status, changed.priority, changed.payload, changed.attempts) == (TaskStatus.PENDING, 9, {"n": 3}, 0)
+    assert await store.set_priority(low, -2) is not None
+    assert [r.record_id for r in await store.pending(3)] == [other, high, low]
+    assert (await store.get([other]))[other].priority == 9
+
+
+async def test_set_priority_leaves_a_task_that_is_not_pending_as_it_is_and_answers_none_for_no_task(store):
+    claimed, waiting = (s.record_id for s in await add_all(store, [new_task(1, priority=3), new_task(2, priority=3)]))
+    await store.update([StatusChange(claimed, TaskStatus.PROCESSING, attempts=1)])
+    await store.report([StatusChange(waiting, TaskStatus.CANCELLED)])  # on Bitable, still in the outbox: read first
+    for record_id, status in ((claimed, TaskStatus.PROCESSING), (waiting, TaskStatus.CANCELLED)):
+        answered = await store.set_priority(record_id, 8)
+        assert (answered.status, answered.priority) == (status, 3)
+        assert (await store.get([record_id]))[record_id].priority == 3
+    assert await store.set_priority("recMISSING00000", 8) is None
+
+
 async def test_get_ignores_unknown_ids(store):
     assert await store.get(["recNOPE000000000"]) == {}
 
