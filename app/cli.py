@@ -7,6 +7,7 @@ import re
 import resource
 import shutil
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
@@ -17,7 +18,17 @@ from rich.table import Table
 from app.config import ConfigError, StoreKind, load_settings
 from app.errors import ServiceError
 from app.logs import configure_logging
-from app.models import MAX_PRIORITY, MIN_PRIORITY, RECORD_ID_PATTERN, TaskOut, TaskRecord, TaskStatus
+from app.models import (
+    BULK_LIMIT,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    RECORD_ID_PATTERN,
+    BulkOut,
+    TaskFilter,
+    TaskOut,
+    TaskRecord,
+    TaskStatus,
+)
 from app.store import build_store
 
 if TYPE_CHECKING:
@@ -255,6 +266,113 @@ def tasks_priority(
         raise typer.Exit(2)
     record = _with_services(lambda services: services.tasks.change_priority(record_id, priority))
     typer.echo(TaskOut.of(record).model_dump_json(indent=2))
+
+
+def _moment(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not an ISO 8601 date and time", param_hint=option) from None
+    if moment.utcoffset() is None:
+        raise typer.BadParameter("needs a time zone (Z or an offset such as +08:00)", param_hint=option)
+    return moment
+
+
+def _bulk(
+    action: str,
+    status: TaskStatus,
+    run: "Callable[[Services, TaskFilter, bool], Awaitable[BulkOut]]",
+    where: TaskFilter,
+    dry_run: bool,
+    yes: bool,
+) -> None:
+    """Count first, ask, then act (unless --yes); each step is one run of the service, as the API's dry run."""
+
+    def go(dry: bool) -> BulkOut:
+        return _with_services(lambda services: run(services, where, dry))
+
+    if dry_run or not yes:
+        counted = go(True)
+        more = f" (at least: one run touches at most {BULK_LIMIT:,})" if counted.more else ""
+        console.print(f"{counted.matched:,} {status.value} tasks match{more}")
+        if dry_run or not counted.matched:
+            return
+        typer.confirm(f"{action.capitalize()} them?", abort=True)
+    done = go(False)
+    rest = f"; more match: run it again for the next {BULK_LIMIT:,}" if done.more else ""
+    console.print(f"{action}: {done.changed:,} of {done.matched:,} matching {status.value} tasks changed{rest}")
+
+
+def _filter(
+    priority: float | None,
+    priority_min: float | None,
+    priority_max: float | None,
+    created_after: str | None,
+    created_before: str | None,
+    identifier: str | None,
+) -> TaskFilter:
+    """The options as the API's filter, checked the same way; a bad one stops the command before it starts."""
+    from app.service import TaskService
+
+    if identifier is not None and not re.fullmatch(r"[0-9a-f]{64}", identifier):
+        raise typer.BadParameter("an identifier is 64 lowercase hex digits", param_hint="--identifier")
+    try:
+        return TaskService.task_filter(
+            priority=priority,
+            priority_min=priority_min,
+            priority_max=priority_max,
+            created_after=_moment(created_after, "--created-after"),
+            created_before=_moment(created_before, "--created-before"),
+            identifier=identifier,
+        )
+    except ServiceError as exc:
+        raise typer.BadParameter(exc.detail) from None
+
+
+PriorityOpt = Annotated[float | None, typer.Option("--priority", help="exactly this priority")]
+PriorityMinOpt = Annotated[float | None, typer.Option("--priority-min", help="priority at least (inclusive)")]
+PriorityMaxOpt = Annotated[float | None, typer.Option("--priority-max", help="priority at most (inclusive)")]
+AfterOpt = Annotated[
+    str | None, typer.Option("--created-after", help="created at or after (ISO 8601 with a zone, e.g. …T08:00Z)")
+]
+BeforeOpt = Annotated[str | None, typer.Option("--created-before", help="created before (exclusive; ISO 8601)")]
+IdentifierOpt = Annotated[str | None, typer.Option("--identifier", help="the task's 64-hex identifier")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="only count the tasks that match; change nothing")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")]
+
+
+@tasks_cli.command("retry-failed")
+def tasks_retry_failed(
+    priority: PriorityOpt = None,
+    priority_min: PriorityMinOpt = None,
+    priority_max: PriorityMaxOpt = None,
+    created_after: AfterOpt = None,
+    created_before: BeforeOpt = None,
+    identifier: IdentifierOpt = None,
+    dry_run: DryRunOpt = False,
+    yes: YesOpt = False,
+) -> None:
+    """Every FAILED task matching the filters back to PENDING with attempts reset (asks first unless --yes)."""
+    where = _filter(priority, priority_min, priority_max, created_after, created_before, identifier)
+    _bulk("retry", TaskStatus.FAILED, lambda s, f, d: s.tasks.retry_failed(f, dry_run=d), where, dry_run, yes)
+
+
+@tasks_cli.command("cancel-pending")
+def tasks_cancel_pending(
+    priority: PriorityOpt = None,
+    priority_min: PriorityMinOpt = None,
+    priority_max: PriorityMaxOpt = None,
+    created_after: AfterOpt = None,
+    created_before: BeforeOpt = None,
+    identifier: IdentifierOpt = None,
+    dry_run: DryRunOpt = False,
+    yes: YesOpt = False,
+) -> None:
+    """Every PENDING task matching the filters to CANCELLED (asks first unless --yes)."""
+    where = _filter(priority, priority_min, priority_max, created_after, created_before, identifier)
+    _bulk("cancel", TaskStatus.PENDING, lambda s, f, d: s.tasks.cancel_pending(f, dry_run=d), where, dry_run, yes)
 
 
 def _row(record: TaskRecord) -> list[str]:

@@ -99,6 +99,53 @@ class Backlog:
     refused: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class TaskFilter:
+    """What a list or a bulk action narrows to beside the status; every bound given must hold (and).
+
+    Priority bounds are inclusive; `created_after` is inclusive and `created_before` exclusive, so windows tile.
+    Moments are whole milliseconds (the stores keep no finer), aware.
+    """
+
+    priority: float | None = None
+    priority_min: float | None = None
+    priority_max: float | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    identifier: str | None = None
+
+    @property
+    def created_bounded(self) -> bool:
+        return self.created_after is not None or self.created_before is not None
+
+    def matches(self, record: "TaskRecord") -> bool:
+        """The exact test, for a store whose search can only narrow to a superset (Bitable compares whole days)."""
+        if self.identifier is not None and record.identifier != self.identifier:
+            return False
+        if self.priority is not None or self.priority_min is not None or self.priority_max is not None:
+            value = record.priority
+            if value is None:
+                return False
+            if self.priority is not None and value != self.priority:
+                return False
+            if self.priority_min is not None and value < self.priority_min:
+                return False
+            if self.priority_max is not None and value > self.priority_max:
+                return False
+        if self.created_bounded:
+            created = record.created_at
+            if created is None:
+                return False
+            if self.created_after is not None and created < self.created_after:
+                return False
+            if self.created_before is not None and created >= self.created_before:
+                return False
+        return True
+
+
+NO_FILTER = TaskFilter()
+
+
 @dataclass(slots=True)
 class TaskPage:
     items: list[TaskRecord]
@@ -296,3 +343,15 @@ class TaskPageOut(BaseModel):
     items: list[TaskOut]
     next_page_token: str | None
     total: int | None
+
+
+BULK_LIMIT = 10_000  # tasks one bulk retry or cancel may touch: bounds its cost (Bitable: 21 searches, 10 writes)
+
+
+class BulkOut(BaseModel):
+    """What a bulk retry or cancel matched and changed (a dry run changes nothing)."""
+
+    matched: int = Field(description="tasks that matched, counted up to the per-request cap")
+    changed: int
+    dry_run: bool
+    more: bool = Field(description="more tasks matched than one request may touch: run it again for the rest")

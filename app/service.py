@@ -1,6 +1,7 @@
 """The pool's rules: ingest, the priority push, status updates, reads, retry, cancel, prune and stats."""
 
 import asyncio
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -23,11 +24,14 @@ from app.metrics import (
     TASKS_INGESTED,
 )
 from app.models import (
+    BULK_LIMIT,
     MAX_ERROR_CHARS,
     MAX_PRIORITY,
     MIN_PRIORITY,
+    NO_FILTER,
     Backlog,
     BacklogOut,
+    BulkOut,
     BulkStatusUpdate,
     ErrorOut,
     IngestResponse,
@@ -39,6 +43,7 @@ from app.models import (
     StatsOut,
     StatusChange,
     Stored,
+    TaskFilter,
     TaskPage,
     TaskRecord,
     TaskStatus,
@@ -49,7 +54,9 @@ from app.paths import READY_PROBE_PREFIX
 from app.replenish import last_report
 from app.store.base import TaskStore
 from app.store.sqlite_file import local_storage
+from app.store.timestamps import from_ms, to_ms
 
+_BULK_PAGE = 500
 _INLINE_PAYLOADS = 100  # more than this many payloads are canonicalized and hashed on a thread
 _CUT_MARK = "\n[… {:,} characters cut …]\n"
 
@@ -160,8 +167,74 @@ class TaskService:
             raise NotFound(f"no task with record id {record_id}")
         return found[record_id]
 
-    async def list_tasks(self, status: TaskStatus | None, limit: int, page_token: str | None) -> TaskPage:
-        return await self.store.page(status, limit, page_token)
+    async def list_tasks(
+        self, status: TaskStatus | None, limit: int, page_token: str | None, where: TaskFilter = NO_FILTER
+    ) -> TaskPage:
+        return await self.store.page(status, limit, page_token, where)
+
+    # ---- filters, search and bulk actions -----------------------------------------------------------------
+
+    @staticmethod
+    def task_filter(
+        *,
+        priority: float | None = None,
+        priority_min: float | None = None,
+        priority_max: float | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        identifier: str | None = None,
+    ) -> TaskFilter:
+        """A filter checked for bounds that can match nothing, its moments cut to the stores' milliseconds."""
+        for name, value in (("priority", priority), ("priority_min", priority_min), ("priority_max", priority_max)):
+            if value is not None and not math.isfinite(value):
+                raise InvalidInput(f"{name} must be a finite number")
+        if priority_min is not None and priority_max is not None and priority_min > priority_max:
+            raise InvalidInput(f"priority_min ({priority_min:g}) is above priority_max ({priority_max:g})")
+        for name, moment in (("created_after", created_after), ("created_before", created_before)):
+            if moment is not None and moment.utcoffset() is None:
+                raise InvalidInput(f"{name} needs a time zone (Z or an offset such as +08:00)")
+        after = from_ms(to_ms(created_after)) if created_after else None
+        before = from_ms(to_ms(created_before)) if created_before else None
+        if after is not None and before is not None and after >= before:
+            raise InvalidInput("created_after must be earlier than created_before")
+        return TaskFilter(priority, priority_min, priority_max, after, before, identifier)
+
+    async def find_task(self, payload: dict[str, Any]) -> TaskRecord:
+        """The task of a payload: its identifier is computed here, as ingest computes it."""
+        identifier = self.new_task(payload).identifier
+        page = await self.store.page(None, 1, None, TaskFilter(identifier=identifier))
+        if not page.items:
+            raise NotFound(f"no task with that payload (identifier {identifier})")
+        return page.items[0]
+
+    async def retry_failed(self, where: TaskFilter, *, dry_run: bool = False) -> BulkOut:
+        """Every FAILED task the filter matches back to PENDING with a fresh attempt count, as `retry_task` does."""
+        return await self._bulk(TaskStatus.FAILED, where, TaskStatus.PENDING, dry_run, attempts=0)
+
+    async def cancel_pending(self, where: TaskFilter, *, dry_run: bool = False) -> BulkOut:
+        async with self._dispatcher.claiming:  # no cycle of this process claims a task while it is being cancelled
+            return await self._bulk(TaskStatus.PENDING, where, TaskStatus.CANCELLED, dry_run)
+
+    async def _bulk(
+        self, status: TaskStatus, where: TaskFilter, to: TaskStatus, dry_run: bool, attempts: int | None = None
+    ) -> BulkOut:
+        """Up to BULK_LIMIT matching tasks, oldest first, written in the store's batches (Bitable: 1,000 a call)."""
+        record_ids, more = await self._matching(status, where)
+        if dry_run or not record_ids:
+            return BulkOut(matched=len(record_ids), changed=0, dry_run=dry_run, more=more)
+        gone = await self.store.update([StatusChange(r, to, attempts=attempts) for r in record_ids])
+        return BulkOut(matched=len(record_ids), changed=len(record_ids) - len(gone), dry_run=False, more=more)
+
+    async def _matching(self, status: TaskStatus, where: TaskFilter) -> tuple[list[str], bool]:
+        """The record ids of the first BULK_LIMIT matching tasks, and whether more match."""
+        record_ids: list[str] = []
+        token = None
+        while len(record_ids) <= BULK_LIMIT:
+            page = await self.store.page(status, _BULK_PAGE, token, where)
+            record_ids += [record.record_id for record in page.items]
+            if not (token := page.next_page_token):
+                break
+        return record_ids[:BULK_LIMIT], len(record_ids) > BULK_LIMIT
 
     async def retry_task(self, record_id: str) -> TaskRecord:
         """An operator gives a finished-badly task another go, with a fresh attempt count."""

@@ -294,3 +294,86 @@ def test_readme_examples_use_the_console_script():
     assert "task-manager" in "".join(blocks)
     example = (ROOT / ".env.example").read_text()
     assert re.search(r"^HOST=", example, re.M) and re.search(r"^PORT=", example, re.M)
+
+
+# ---- bulk retry and cancel (issue 15) ---------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "bitable"])
+def pool_env(request, tmp_path, monkeypatch) -> dict[str, str]:
+    """The environment of a CLI run on each store (the embedded default, or Bitable on the emulator), set here too."""
+    if request.param == "sqlite":
+        env = {"DATA_DIR": str(tmp_path / "data")}
+    else:
+        env = bitable_env(request.getfixturevalue("feishu"), tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+async def seeded() -> list[str]:
+    """Six tasks through the service's own store: priorities 0-5; 0-3 FAILED, 4-5 PENDING."""
+    from app.config import load_settings
+    from app.store import build_store
+    from tests.support.tasks import add_all, new_task
+
+    store = build_store(load_settings())
+    await store.open()
+    try:
+        stored = await add_all(store, [new_task(n, priority=n) for n in range(6)])
+        await store.update([StatusChange(s.record_id, TaskStatus.FAILED, attempts=2) for s in stored[:4]])
+    finally:
+        await store.close()
+    return [s.record_id for s in stored]
+
+
+async def statuses_of(record_ids: list[str]) -> list[str]:
+    from app.config import load_settings
+    from app.store import build_store
+
+    store = build_store(load_settings())
+    await store.open()
+    try:
+        found = await store.get(record_ids)
+    finally:
+        await store.close()
+    return [found[r].status.value for r in record_ids]
+
+
+async def test_retry_failed_counts_asks_and_retries_only_on_yes(pool_env, tmp_path):
+    record_ids = await seeded()
+    dry = run_cli("tasks", "retry-failed", "--priority-min", "2", "--dry-run", env=pool_env, cwd=tmp_path)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "2 FAILED tasks match" in dry.stdout and "?" not in dry.stdout
+    declined = run_cli("tasks", "retry-failed", "--priority-min", "2", env=pool_env, cwd=tmp_path, answer="n\n")
+    assert declined.returncode == 1 and "Retry them?" in declined.stdout
+    assert await statuses_of(record_ids) == ["FAILED"] * 4 + ["PENDING"] * 2
+    agreed = run_cli("tasks", "retry-failed", "--priority-min", "2", env=pool_env, cwd=tmp_path, answer="y\n")
+    assert agreed.returncode == 0, agreed.stdout + agreed.stderr
+    assert "retry: 2 of 2 matching FAILED tasks changed" in " ".join(agreed.stdout.split())
+    assert await statuses_of(record_ids) == ["FAILED"] * 2 + ["PENDING"] * 4
+
+
+async def test_cancel_pending_with_yes_asks_nothing(pool_env, tmp_path):
+    record_ids = await seeded()
+    done = run_cli("tasks", "cancel-pending", "--priority-max", "4", "--yes", env=pool_env, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "?" not in done.stdout and "cancel: 1 of 1 matching PENDING" in " ".join(done.stdout.split())
+    assert await statuses_of(record_ids) == ["FAILED"] * 4 + ["CANCELLED", "PENDING"]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--created-after", "2026-12-01T08:00:00", "time zone"),
+        ("--created-before", "soon", "ISO 8601"),
+        ("--identifier", "xyz", "64 lowercase hex"),
+        ("--priority-min", "nan", "finite"),
+    ],
+)
+def test_a_bad_bulk_filter_stops_before_touching_the_pool(tmp_path, option, value, says):
+    result = run_cli("tasks", "cancel-pending", option, value, "--yes", env={"DATA_DIR": str(tmp_path)}, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert says in " ".join((result.stdout + result.stderr).split())
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "tasks.db").exists()

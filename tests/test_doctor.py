@@ -60,9 +60,16 @@ async def test_a_healthy_deployment_passes_every_check_and_posts_nothing(feishu,
     assert [c.line() for c in checks.values() if c.status in (Status.FAIL, Status.WARN)] == []
     assert exit_code(list(checks.values())) == 0
     filters = {name for name in checks if name.startswith("feishu.filter.")}
-    assert {"pick", "count", "count_scan", "lease_recovery", "prune", "index_count", "identifier_lookup"} <= {
-        name.removeprefix("feishu.filter.") for name in filters
-    }
+    assert {
+        "pick",
+        "count",
+        "count_scan",
+        "lease_recovery",
+        "prune",
+        "index_count",
+        "identifier_lookup",
+        "filtered_page",
+    } <= {name.removeprefix("feishu.filter.") for name in filters}
     assert any(name.startswith("feishu.filter.index_part_") for name in filters)
     assert checks["queue.max_priority"].detail == "x-max-priority 10"
     assert checks["bot.signature"].status is Status.OK

@@ -3,12 +3,13 @@ and a hand-moved clock."""
 
 import asyncio
 import threading
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from app.errors import BrokerUnavailable, Conflict, InvalidInput, NotFound, QueueMissing
 from app.identity import task_identifier
-from app.models import StatusChange, TaskStatus
+from app.models import StatusChange, TaskFilter, TaskStatus
 from app.service import TaskService
 
 
@@ -120,3 +121,43 @@ async def test_a_big_batch_is_canonicalized_and_hashed_off_the_event_loop(servic
     assert threads[1] == threading.get_ident(), "one payload: inline, a thread hop would cost more"
     assert big.created == 101 and big.items[1].identifier == task_identifier({"n": 1})
     assert small.items[0].outcome == "published"
+
+
+# ---- bulk retry and cancel (issue 15) ---------------------------------------------------------------------------
+
+
+async def test_bulk_retry_resets_attempts_as_the_single_retry_does(service):
+    items = (await service.ingest_tasks([{"n": n} for n in range(3)])).items
+    record_ids = [item.record_id for item in items]
+    await service.store.update([StatusChange(r, TaskStatus.FAILED, attempts=3) for r in record_ids])
+    answer = await service.retry_failed(TaskFilter())
+    assert (answer.matched, answer.changed, answer.more) == (3, 3, False)
+    records = (await service.store.get(record_ids)).values()
+    assert {(r.status, r.attempts) for r in records} == {(TaskStatus.PENDING, 0)}
+
+
+async def test_one_bulk_action_touches_at_most_the_cap_oldest_first(service, monkeypatch):
+    monkeypatch.setattr("app.service.BULK_LIMIT", 3)
+    monkeypatch.setattr("app.service._BULK_PAGE", 2)  # the cap falls inside a page: the rest are left alone
+    record_ids = [item.record_id for item in (await service.ingest_tasks([{"n": n} for n in range(5)])).items]
+    dry = await service.cancel_pending(TaskFilter(), dry_run=True)
+    assert (dry.matched, dry.changed, dry.more) == (3, 0, True)
+    done = await service.cancel_pending(TaskFilter())
+    assert (done.matched, done.changed, done.more) == (3, 3, True)
+    records = await service.store.get(record_ids)
+    assert [records[r].status for r in record_ids] == [TaskStatus.CANCELLED] * 3 + [TaskStatus.PENDING] * 2
+    last = await service.cancel_pending(TaskFilter())
+    assert (last.matched, last.changed, last.more) == (2, 2, False)
+
+
+async def test_a_filter_that_can_match_nothing_is_refused(service):
+    with pytest.raises(InvalidInput, match="priority_min"):
+        service.task_filter(priority_min=3, priority_max=2)
+    with pytest.raises(InvalidInput, match="time zone"):
+        service.task_filter(created_after=datetime(2026, 12, 1))
+    moment = datetime(2026, 12, 1, tzinfo=UTC)
+    with pytest.raises(InvalidInput, match="earlier"):
+        service.task_filter(created_after=moment, created_before=moment)
+    assert service.task_filter(created_after=moment + timedelta(microseconds=1500)).created_after == moment + timedelta(
+        milliseconds=1
+    )

@@ -4,6 +4,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query
 from fastapi.responses import JSONResponse
+from pydantic import AwareDatetime
 from starlette.convertors import StringConvertor, register_url_convertor
 
 from app.api.deps import ServiceDep
@@ -11,19 +12,22 @@ from app.api.errors import stored_or_503
 from app.api.security import require_api_key
 from app.models import (
     RECORD_ID_PATTERN,
+    BulkOut,
     BulkStatusUpdate,
     ErrorOut,
     IngestResponse,
     PriorityChange,
     PriorityResponse,
+    TaskFilter,
     TaskOut,
     TaskPageOut,
     TaskStatus,
     UpdateStatusResponse,
 )
+from app.service import TaskService
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"], dependencies=[Depends(require_api_key)])
-ACTIONS = ("ingest", "priority-queue", "update-status")
+ACTIONS = ("ingest", "priority-queue", "update-status", "find", "bulk")
 
 
 class RecordIdConvertor(StringConvertor):
@@ -67,16 +71,61 @@ async def update_status(service: ServiceDep, update: BulkStatusUpdate) -> Update
     return await service.update_status(update)
 
 
+def task_filter(
+    priority: Annotated[float | None, Query(ge=-1e9, le=1e9, allow_inf_nan=False, description="exactly")] = None,
+    priority_min: Annotated[float | None, Query(ge=-1e9, le=1e9, allow_inf_nan=False, description="inclusive")] = None,
+    priority_max: Annotated[float | None, Query(ge=-1e9, le=1e9, allow_inf_nan=False, description="inclusive")] = None,
+    created_after: Annotated[AwareDatetime | None, Query(description="inclusive; ISO 8601 with a zone")] = None,
+    created_before: Annotated[AwareDatetime | None, Query(description="exclusive; ISO 8601 with a zone")] = None,
+    identifier: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$", description="the task's identifier")] = None,
+) -> TaskFilter:
+    return TaskService.task_filter(
+        priority=priority,
+        priority_min=priority_min,
+        priority_max=priority_max,
+        created_after=created_after,
+        created_before=created_before,
+        identifier=identifier,
+    )
+
+
+FilterDep = Annotated[TaskFilter, Depends(task_filter)]
+DryRun = Annotated[bool, Query(description="only count the tasks that match; change nothing")]
+
+
 @router.get("", response_model=TaskPageOut, responses=ERRORS)
 async def list_tasks(
     service: ServiceDep,
+    where: FilterDep,
     status: TaskStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     page_token: Annotated[str | None, Query(max_length=512)] = None,
 ) -> TaskPageOut:
-    page = await service.list_tasks(status, limit, page_token)
+    """Tasks in creation order, narrowed by every filter given; on Bitable a created-at filter may answer short
+    pages (keep following next_page_token) and a null total."""
+    page = await service.list_tasks(status, limit, page_token, where)
     items = [TaskOut.of(record) for record in page.items]
     return TaskPageOut(items=items, next_page_token=page.next_page_token, total=page.total)
+
+
+@router.post("/find", response_model=TaskOut, responses=ERRORS)
+async def find_task(
+    service: ServiceDep, payload: Annotated[dict[str, Any], Body(description="a task's payload, as ingested")]
+) -> TaskOut:
+    """The task of a payload (its identifier computed as ingest computes it), or 404."""
+    return TaskOut.of(await service.find_task(payload))
+
+
+@router.post("/bulk/retry", response_model=BulkOut, responses=ERRORS)
+async def retry_failed(service: ServiceDep, where: FilterDep, dry_run: DryRun = False) -> BulkOut:
+    """Every FAILED task the filter matches → PENDING with attempts reset; at most 10,000 a request, oldest first."""
+    return await service.retry_failed(where, dry_run=dry_run)
+
+
+@router.post("/bulk/cancel", response_model=BulkOut, responses=ERRORS)
+async def cancel_pending(service: ServiceDep, where: FilterDep, dry_run: DryRun = False) -> BulkOut:
+    """Every PENDING task the filter matches → CANCELLED; at most 10,000 a request, oldest first."""
+    return await service.cancel_pending(where, dry_run=dry_run)
 
 
 @router.get("/{record_id:record_id}", response_model=TaskOut, responses=ERRORS)

@@ -4,7 +4,18 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
-from app.models import Added, Backlog, Counts, NewTask, StatusChange, TaskPage, TaskRecord, TaskStatus
+from app.models import (
+    NO_FILTER,
+    Added,
+    Backlog,
+    Counts,
+    NewTask,
+    StatusChange,
+    TaskFilter,
+    TaskPage,
+    TaskRecord,
+    TaskStatus,
+)
 
 
 class TaskStore(Protocol):
@@ -55,8 +66,14 @@ class TaskStore(Protocol):
     def backlog(self) -> Backlog | None:
         """Reports accepted and not yet written; None for a store that writes them at once."""
 
-    async def page(self, status: TaskStatus | None, limit: int, page_token: str | None) -> TaskPage:
-        """A page of tasks in creation order; `total` counts every task with that status."""
+    async def page(
+        self, status: TaskStatus | None, limit: int, page_token: str | None, where: TaskFilter = NO_FILTER
+    ) -> TaskPage:
+        """A page of tasks in creation order; `total` counts every task with that status that `where` matches.
+
+        Bitable filters created-at by whole days and drops the rest after reading: such a page may hold fewer
+        than `limit` (even none) while `next_page_token` says more follow, and its `total` is None (unknown).
+        """
 
     async def pending(self, limit: int) -> list[TaskRecord]:
         """Up to `limit` PENDING tasks, highest Priority first, then oldest."""

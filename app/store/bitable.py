@@ -7,13 +7,25 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from app.config import Settings
 from app.errors import Conflict, InvalidInput, StoreRejected, StoreUnavailable
-from app.models import Added, Backlog, Counts, NewTask, StatusChange, Stored, TaskPage, TaskRecord, TaskStatus
+from app.models import (
+    NO_FILTER,
+    Added,
+    Backlog,
+    Counts,
+    NewTask,
+    StatusChange,
+    Stored,
+    TaskFilter,
+    TaskPage,
+    TaskRecord,
+    TaskStatus,
+)
 from app.paths import DataDir
 from app.store.chunks import chunked
 from app.store.columns import CREATED_AT, IDENTIFIER, PRIORITY, Schema, is_identifier, load_schema, number, plain
@@ -26,6 +38,7 @@ from app.store.searches import (
     MAX_CONDITIONS,
     MAX_PAGE,
     count_search,
+    filter_search,
     identifier_chunks,
     identifier_search,
     lease_search,
@@ -299,19 +312,37 @@ class BitableTaskStore:
     def supports_leases(self) -> bool:
         return self._schema.supports_leases
 
-    async def page(self, status: TaskStatus | None, limit: int, page_token: str | None) -> TaskPage:
+    async def page(
+        self, status: TaskStatus | None, limit: int, page_token: str | None, where: TaskFilter = NO_FILTER
+    ) -> TaskPage:
         if page_token and not _PAGE_TOKEN.fullmatch(page_token):  # refused here, not by a call that costs quota
             raise InvalidInput("page_token is not one this service gave out")
+        if where.identifier is not None and page_token is None:
+            known = await self._by_index(status, where)
+            if known is not None:
+                return known
         await self._flusher.flush()  # the page and its total count every report accepted so far
+        search = count_search(status) if where == NO_FILTER else filter_search(status, where, self._schema)
         try:
-            search = count_search(status)
             page = await self.table.search(**search, page_size=min(limit, MAX_PAGE), page_token=page_token)
         except StoreRejected as exc:
             if page_token:
                 raise InvalidInput(f"page_token was refused: {exc.detail}") from None
             raise
         items = [self._schema.decode(record_id, fields) for record_id, fields in page.records]
-        return TaskPage(items=items, next_page_token=page.page_token, total=page.total)
+        if where.created_bounded:  # the search compared whole days: the exact time is compared here
+            items = [record for record in items if where.matches(record)]
+        total = None if where.created_bounded else page.total
+        return TaskPage(items=items, next_page_token=page.page_token, total=total)
+
+    async def _by_index(self, status: TaskStatus | None, where: TaskFilter) -> TaskPage | None:
+        """The task of an identifier the index knows, read by record id (no search); None: ask the table."""
+        entry = self.index.lookup([where.identifier or ""]).get(where.identifier or "")
+        if entry is None or entry.state is State.WRITING:
+            return None
+        found = await self.get([entry.record_id]) if entry.record_id else {}
+        items = [r for r in found.values() if (status is None or r.status is status) and where.matches(r)]
+        return TaskPage(items=items, next_page_token=None, total=len(items))
 
     async def _search_all(self, search: dict[str, Any], limit: int | None = None) -> list[TaskRecord]:
         records: list[TaskRecord] = []
@@ -373,7 +404,15 @@ class BitableTaskStore:
             "page": count_search(None),
             **({"lease_recovery": lease_search(now)} if self.supports_leases else {}),
             "prune": prune_search(TaskStatus.SUCCESS, now),
+            # every condition a list or a bulk action may send at once: the longest filtered page
+            "filtered_page": filter_search(TaskStatus.FAILED, _every_filter(now, self._schema), self._schema),
             **rebuild_searches(),
             # a full chunk: the longest lookup filter the store sends
             "identifier_lookup": identifier_search(identifier_chunks(["0" * 64] * MAX_CONDITIONS)[0]),
         }
+
+
+def _every_filter(now: datetime, schema: Schema) -> TaskFilter:
+    """A filter using every bound (the priority ones only when the table has that column)."""
+    bounds = {"priority": 1.0, "priority_min": 0.0, "priority_max": 2.0} if schema.has(PRIORITY) else {}
+    return TaskFilter(created_after=now - timedelta(days=1), created_before=now, identifier="0" * 64, **bounds)

@@ -5,7 +5,8 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from app.models import TaskStatus
+from app.errors import InvalidInput
+from app.models import TaskFilter, TaskStatus
 from app.store.columns import CLAIMED_AT, CREATED_AT, IDENTIFIER, PRIORITY, STATUS, Schema, plain
 from app.store.feishu import FeishuTable
 from app.store.timestamps import to_ms
@@ -31,6 +32,34 @@ def _status_is(status: TaskStatus) -> dict[str, Any]:
 def _on_or_before_day(field_name: str, moment: datetime) -> dict[str, Any]:
     """Dated on or before that day: dates filter by whole days, with is/isEmpty/isNotEmpty/isGreater/isLess only."""
     return {"field_name": field_name, "operator": "isLess", "value": ["ExactDate", str(to_ms(moment + _DAY))]}
+
+
+def _on_or_after_day(field_name: str, moment: datetime) -> dict[str, Any]:
+    """Dated on or after that day (whole days, as `_on_or_before_day`)."""
+    return {"field_name": field_name, "operator": "isGreater", "value": ["ExactDate", str(to_ms(moment - _DAY))]}
+
+
+def _number(value: float) -> str:
+    value = float(value)
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def filter_search(status: TaskStatus | None, where: TaskFilter, schema: Schema) -> dict[str, Any]:
+    """A page in creation order narrowed to a superset of `where`: created-at by whole days, so the store compares
+    the exact time (`TaskFilter.matches`); numbers and text match exactly."""
+    conditions = [_is(STATUS, status.value)] if status else []
+    if where.identifier is not None:
+        conditions.append(_is(IDENTIFIER, where.identifier))
+    numbers = [("is", where.priority), ("isGreaterEqual", where.priority_min), ("isLessEqual", where.priority_max)]
+    if any(value is not None for _, value in numbers) and not schema.has(PRIORITY):
+        raise InvalidInput("the table has no Priority column: no task has a priority to filter by")
+    conditions += [condition(PRIORITY, op, _number(value)) for op, value in numbers if value is not None]
+    if where.created_after is not None:
+        conditions.append(_on_or_after_day(CREATED_AT, where.created_after))
+    if where.created_before is not None:
+        conditions.append(_on_or_before_day(CREATED_AT, where.created_before))
+    filter_ = {"conjunction": "and", "conditions": conditions} if conditions else None
+    return {"filter_": filter_, "sort": [{"field_name": CREATED_AT, "desc": False}]}
 
 
 def count_search(status: TaskStatus | None) -> dict[str, Any]:

@@ -14,7 +14,20 @@ from typing import TypeVar
 
 from app.errors import InvalidInput, StoreUnavailable
 from app.identity import canonical_json
-from app.models import Added, Backlog, Counts, NewTask, StatusChange, Stored, TaskPage, TaskRecord, TaskStatus, utc_now
+from app.models import (
+    NO_FILTER,
+    Added,
+    Backlog,
+    Counts,
+    NewTask,
+    StatusChange,
+    Stored,
+    TaskFilter,
+    TaskPage,
+    TaskRecord,
+    TaskStatus,
+    utc_now,
+)
 from app.store.chunks import chunked
 from app.store.sqlite_file import SqliteFile, local_storage
 from app.store.timestamps import from_ms, now_ms, to_ms
@@ -254,23 +267,20 @@ class SqliteTaskStore:
     def backlog(self) -> Backlog | None:
         return None
 
-    async def page(self, status: TaskStatus | None, limit: int, page_token: str | None) -> TaskPage:
-        return await self._run(self._page, status, limit, _decode_token(page_token))
+    async def page(
+        self, status: TaskStatus | None, limit: int, page_token: str | None, where: TaskFilter = NO_FILTER
+    ) -> TaskPage:
+        return await self._run(self._page, status, limit, _decode_token(page_token), where)
 
-    def _page(self, status: TaskStatus | None, limit: int, after: int) -> TaskPage:
-        where, args = "rowid > ?", [after]
-        if status is not None:
-            where += " AND status = ?"
-            args.append(status.value)
+    def _page(self, status: TaskStatus | None, limit: int, after: int, where: TaskFilter) -> TaskPage:
+        clause, args = _where(status, where)
         rows = self.db.execute(
-            f"SELECT rowid, {_COLUMNS} FROM tasks WHERE {where} ORDER BY rowid LIMIT ?", [*args, limit + 1]
+            f"SELECT rowid, {_COLUMNS} FROM tasks WHERE rowid > ? AND {clause} ORDER BY rowid LIMIT ?",
+            [after, *args, limit + 1],
         ).fetchall()
         more = len(rows) > limit
         rows = rows[:limit]
-        total_where = "status = ?" if status is not None else "1"
-        total = self.db.execute(
-            f"SELECT count(*) FROM tasks WHERE {total_where}", [status.value] if status else []
-        ).fetchone()[0]
+        total = self.db.execute(f"SELECT count(*) FROM tasks WHERE {clause}", args).fetchone()[0]
         return TaskPage(
             items=[_record(row[1:]) for row in rows],
             next_page_token=str(rows[-1][0]) if more else None,
@@ -329,6 +339,21 @@ def _digits(value: int, pairs: int) -> str:
         value, pair = divmod(value, len(_PAIRS))
         text.append(_PAIRS[pair])
     return "".join(reversed(text))
+
+
+def _where(status: TaskStatus | None, where: TaskFilter) -> tuple[str, list]:
+    """The SQL condition for a status and a filter, with the semantics of `TaskFilter.matches`."""
+    terms: list[tuple[str, object]] = [
+        ("status = ?", status.value if status is not None else None),
+        ("identifier = ?", where.identifier),
+        ("priority = ?", where.priority),
+        ("priority >= ?", where.priority_min),
+        ("priority <= ?", where.priority_max),
+        ("created_at >= ?", to_ms(where.created_after) if where.created_after else None),
+        ("created_at < ?", to_ms(where.created_before) if where.created_before else None),
+    ]
+    given = [(sql, value) for sql, value in terms if value is not None]
+    return " AND ".join(["1", *(sql for sql, _ in given)]), [value for _, value in given]
 
 
 def _decode_token(page_token: str | None) -> int:

@@ -13,7 +13,7 @@ import pytest
 from app.claims import ClaimJournal
 from app.errors import Conflict, QuotaExhausted, StoreRejected, StoreUnavailable
 from app.main import wire
-from app.models import StatusChange, TaskStatus
+from app.models import StatusChange, TaskFilter, TaskStatus
 from app.store import rebuild
 from app.store.bitable import BitableTaskStore
 from app.store.columns import COLUMNS, setup_columns
@@ -626,6 +626,7 @@ DOCUMENTED_OPERATORS = {
     "Status": {"is", "isNot", "contains", "doesNotContain", "isEmpty", "isNotEmpty"},
     "CreatedAt": {"is", "isEmpty", "isNotEmpty", "isGreater", "isLess"},
     "ClaimedAt": {"is", "isEmpty", "isNotEmpty", "isGreater", "isLess"},
+    "Priority": {"is", "isNot", "isGreater", "isGreaterEqual", "isLess", "isLessEqual", "isEmpty", "isNotEmpty"},
 }
 
 
@@ -687,6 +688,9 @@ async def test_filter_shapes_names_every_search_the_store_sends(bitable_store, f
     await bitable_store.processing(datetime.now(UTC))
     await bitable_store.page(TaskStatus.PENDING, 1, None)
     await bitable_store.page(None, 10, None)
+    now = datetime.now(UTC)
+    every = TaskFilter(1, 0, 2, now - timedelta(days=1), now, "0" * 64)  # unknown to the index: searched
+    await bitable_store.page(TaskStatus.FAILED, 10, None, every)
     await bitable_store.counts()  # a small pool: its Status column read
     await bitable_store.prune(TaskStatus.SUCCESS, datetime.now(UTC))
     await bitable_store.reindex()

@@ -1,13 +1,15 @@
 """One contract, both adapters: every test here runs against SQLite and against Bitable (emulator)."""
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from app.errors import InvalidInput
-from app.models import StatusChange, TaskStatus
+from app.models import StatusChange, TaskFilter, TaskStatus
+from app.store.sqlite import SqliteTaskStore
 from tests.support.tasks import add_all, new_task
+from tests.support.waits import eventually
 
 
 async def test_add_creates_pending_records_readable_by_id(store):
@@ -202,3 +204,75 @@ async def test_a_report_for_an_unknown_record_writes_nothing_and_names_it(store)
     )
     assert not_found == ["recMISSING00000"]
     assert (await store.get([stored.record_id]))[stored.record_id].result == {"b": 2}
+
+
+# ---- filters: priority, created-at, identifier (issue 15) -----------------------------------------------------
+
+
+async def all_pages(store, status, where, limit=2) -> tuple[list, list]:
+    """Every page of a filtered list, following next_page_token to the end: its records and each page's total."""
+    records, totals, token = [], [], None
+    while True:
+        page = await store.page(status, limit, token, where)
+        records += page.items
+        totals.append(page.total)
+        if not (token := page.next_page_token):
+            return records, totals
+
+
+async def test_priority_filters_are_exact_and_inclusive_ranges(store):
+    stored = await add_all(store, [new_task(n, priority=n) for n in range(6)] + [new_task(9)])
+    by_n = {s.identifier: n for n, s in enumerate(stored)}
+
+    async def ns(**bounds) -> list[int]:
+        records, _ = await all_pages(store, None, TaskFilter(**bounds), limit=500)
+        return sorted(by_n[r.identifier] for r in records)
+
+    assert await ns(priority=3) == [3]
+    assert await ns(priority_min=2, priority_max=4) == [2, 3, 4]
+    assert await ns(priority_min=5) == [5]  # the task without a priority matches no bound
+    assert await ns(priority_max=0) == [0]
+    await store.update([StatusChange(stored[4].record_id, TaskStatus.FAILED)])
+    page = await store.page(TaskStatus.PENDING, 500, None, TaskFilter(priority_min=2, priority_max=4))
+    assert sorted(by_n[r.identifier] for r in page.items) == [2, 3]
+    assert page.total == 2
+
+
+async def test_created_bounds_compare_the_exact_millisecond_and_page_to_the_end(store):
+    early = await add_all(store, [new_task(n) for n in range(5)])
+    first = max((await store.get([s.record_id for s in early])).values(), key=lambda r: r.created_at).created_at
+    await eventually(lambda: datetime.now(UTC) - first >= timedelta(milliseconds=2), 5, "the clock to move on")
+    late = await add_all(store, [new_task(n) for n in range(5, 8)])
+    boundary = min((await store.get([s.record_id for s in late])).values(), key=lambda r: r.created_at).created_at
+    late_ids = {s.record_id for s in late}
+    exact = isinstance(store, SqliteTaskStore)  # Bitable filters by day, then compares: no exact total
+
+    after, totals = await all_pages(store, None, TaskFilter(created_after=boundary))  # inclusive
+    assert {r.record_id for r in after} == late_ids
+    assert totals[0] == (3 if exact else None)
+    before, _ = await all_pages(store, None, TaskFilter(created_before=boundary))  # exclusive
+    assert {r.record_id for r in before} == {s.record_id for s in early}
+    window = TaskFilter(created_after=first, created_before=boundary + timedelta(milliseconds=1))
+    inside, _ = await all_pages(store, TaskStatus.PENDING, window)
+    assert late_ids <= {r.record_id for r in inside}
+    assert [r.created_at for r in inside] == sorted(r.created_at for r in inside)  # creation order
+
+
+async def test_an_identifier_finds_its_task_with_the_other_filters_applied(store):
+    stored = await add_all(store, [new_task(1, priority=3), new_task(2)])
+    page = await store.page(None, 10, None, TaskFilter(identifier=stored[0].identifier))
+    assert [r.record_id for r in page.items] == [stored[0].record_id]
+    assert page.total == 1
+    assert not (await store.page(TaskStatus.FAILED, 10, None, TaskFilter(identifier=stored[0].identifier))).items
+    assert not (await store.page(None, 10, None, TaskFilter(identifier=stored[0].identifier, priority=4))).items
+    unknown = await store.page(None, 10, None, TaskFilter(identifier="f" * 64))
+    assert (unknown.items, unknown.total) == ([], 0)
+
+
+async def test_a_filtered_status_page_sees_reports_accepted_a_moment_ago(store):
+    stored = await add_all(store, [new_task(n, priority=5) for n in range(3)])
+    await store.report([StatusChange(stored[1].record_id, TaskStatus.FAILED, error="boom")])
+    page = await store.page(TaskStatus.FAILED, 10, None, TaskFilter(priority_min=5))
+    assert [r.record_id for r in page.items] == [stored[1].record_id]
+    by_identifier = await store.page(TaskStatus.FAILED, 10, None, TaskFilter(identifier=stored[1].identifier))
+    assert [r.error for r in by_identifier.items] == ["boom"]
