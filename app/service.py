@@ -377,31 +377,26 @@ def _probe_write(directory: Path) -> None:
 
 
 def _checked_canonical(payload: dict[str, Any], index: int) -> str:
-    try:
-        canonical = canonical_json(payload)
-    except InvalidInput as exc:
-        raise InvalidInput(f"item {index}: {exc.detail}") from None
-    if len(canonical) > MAX_PAYLOAD_CHARS:
-        raise InvalidInput(
-            f"item {index}: payload is {len(canonical):,} characters of canonical JSON; "
-            f"the limit is {MAX_PAYLOAD_CHARS:,}"
-        )
-    return canonical
+    return _canonical_within_limit(payload, f"item {index}", "payload")
 
 
 def _checked_result(result: dict[str, Any] | None, where: str) -> dict[str, Any] | None:
     """A result is stored as canonical JSON, so it has a payload's limits."""
-    if result is None:
-        return None
+    if result is not None:
+        _canonical_within_limit(result, where, "result")
+    return result
+
+
+def _canonical_within_limit(value: dict[str, Any], where: str, what: str) -> str:
     try:
-        canonical = canonical_json(result)
+        canonical = canonical_json(value)
     except InvalidInput as exc:
-        raise InvalidInput(f"{where}: result {exc.detail.removeprefix('payload ')}") from None
+        raise InvalidInput(f"{where}: {what} {exc.detail.removeprefix('payload ')}") from None
     if len(canonical) > MAX_PAYLOAD_CHARS:
         raise InvalidInput(
-            f"{where}: result is {len(canonical):,} characters of canonical JSON; the limit is {MAX_PAYLOAD_CHARS:,}"
+            f"{where}: {what} is {len(canonical):,} characters of canonical JSON; the limit is {MAX_PAYLOAD_CHARS:,}"
         )
-    return result
+    return canonical
 
 
 def _checked_error(error: str | None, where: str) -> str | None:
