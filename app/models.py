@@ -88,6 +88,7 @@ class Counts:
 
     by_status: dict[str, int]
     as_of: datetime
+    recent_failures: tuple[TaskRecord, ...] = ()  # FAILED, newest finished first, read with the counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +229,26 @@ class BacklogOut(BaseModel):
     refused: int = Field(0, description="reports Feishu refused even as a bare status, set aside in the outbox")
 
 
+RECENT_FAILURES = 10  # FAILED tasks /api/stats shows, newest finished first
+RECENT_CYCLES = 20  # replenish cycles /api/stats shows, newest first
+
+
+class FailureOut(BaseModel):
+    record_id: str
+    identifier: str | None
+    error: str | None
+    finished_at: datetime | None
+    attempts: int
+
+
+class FeishuUsageOut(BaseModel):
+    """This process's Bitable calls since it started (the whole tenant's quota is shared with other apps)."""
+
+    since: datetime
+    calls: dict[str, int] = Field(description="attempts per endpoint, retries included")
+    rate_limited: dict[str, int] = Field(description="attempts per endpoint answered 429 or code 99991400")
+
+
 class StatsOut(BaseModel):
     counts: dict[str, int]
     counts_as_of: datetime = Field(description="when the counts were counted (Bitable keeps them: STATS_CACHE_SECONDS)")
@@ -238,6 +259,14 @@ class StatsOut(BaseModel):
     last_replenish: ReplenishReport | None
     next_replenish: datetime | None
     scheduler_owner: bool
+    recent_cycles: list[ReplenishReport] = Field(
+        default_factory=list, description=f"up to {RECENT_CYCLES} cycles, newest first; dry runs are not kept"
+    )
+    recent_failures: list[FailureOut] = Field(
+        default_factory=list,
+        description=f"up to {RECENT_FAILURES} FAILED tasks, newest finished first, read with `counts`",
+    )
+    feishu: FeishuUsageOut | None = Field(None, description="Bitable calls of this process; null on SQLite")
 
 
 RecordIdStr = Annotated[str, Field(pattern=RECORD_ID_PATTERN)]
