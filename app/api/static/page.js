@@ -173,6 +173,7 @@
       for (const [i, v] of points) parts.push(svg("circle", { cx: x(i), cy: y(v), r: 3, class: `dot ${cls}` }));
     }
     chart.dataset.points = String(cycles.length);
+    byId("chart-scale").textContent = `(scale 0 to ${number(top)})`;
     chart.replaceChildren(...parts);
   }
 
