@@ -1,5 +1,6 @@
 """The status page in a real headless Chromium against a real service: sign in, figures equal /api/stats, a bulk
-retry through its dry run, a phone's width, no console error; screenshots kept in build/test-artifacts."""
+retry through its dry run, a phone's width, no console error; on Bitable the outbox and the Feishu calls too.
+Screenshots are kept in build/test-artifacts (TEST_ARTIFACTS_DIR)."""
 
 import httpx
 import pytest
@@ -8,7 +9,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.support.browser import artifacts_dir
-from tests.support.processes import running_service
+from tests.support.feishu import APP_TOKEN, TABLE_ID
+from tests.support.processes import running_service, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -174,3 +176,51 @@ def test_the_status_page_in_a_real_browser(browser, tmp_path):
     wait_for(driver, lambda d: css(d, "#banner").is_displayed(), "the stale banner")
     assert css(driver, "#updated").get_attribute("data-state") == "stale"
     assert "Could not refresh" in css(driver, "#banner").text and tiles(driver) == after["counts"]
+
+
+def test_the_outbox_and_the_feishu_calls_on_bitable(browser, tmp_path, feishu):
+    """The panels SQLite has no figures for, against the Feishu emulator; its screenshot is the README's."""
+    driver = browser
+    env = {
+        "DATA_DIR": str(tmp_path / "data"),
+        "API_KEYS": KEY,
+        "SCHEDULER_ENABLED": "false",
+        "REPLENISH_THRESHOLD": "10",
+        "REPLENISH_BATCH_SIZE": "4",
+        "STATS_CACHE_SECONDS": "600",  # the page and the test read one cached count: no Feishu call between
+        "FEISHU_APP_ID": feishu.app_id,
+        "FEISHU_APP_SECRET": feishu.app_secret,
+        "FEISHU_BITABLE_APP_TOKEN": APP_TOKEN,
+        "FEISHU_BITABLE_TABLE_ID": TABLE_ID,
+        "FEISHU_DOMAIN": feishu.url,
+    }
+    with running_service(env, tmp_path) as (url, _):
+        seed(url)
+        auth = {"X-API-Key": KEY}
+
+        def reports_written() -> bool:  # read as a list, which caches no count
+            page = httpx.get(f"{url}/api/tasks", params={"status": "FAILED"}, headers=auth, timeout=10).json()
+            return len(page["items"]) == 3
+
+        wait_until(reports_written, 30, "the outbox to write the reports to the table")
+        stats = stats_of(url)
+        assert stats["backlog"] is not None and stats["feishu"]["calls"], stats
+
+        driver.get(f"{url}/ui")
+        sign_in(driver, KEY)
+        wait_for(driver, fresh, "the figures")
+        stats = stats_of(url)  # read after the page's own: the same cached counts, the same calls
+        assert_the_figures_are_the_apis(driver, stats)
+        assert css(driver, "#backlog").is_displayed() and not css(driver, "#backlog-none").is_displayed()
+        assert css(driver, "#backlog-depth").get_attribute("data-value") == str(stats["backlog"]["depth"])
+        rows = driver.find_elements(By.CSS_SELECTOR, "#feishu tbody tr")
+        shown = {
+            row.get_attribute("data-endpoint"): (
+                int(row.find_element(By.CSS_SELECTOR, "[data-field=calls]").text.replace(",", "")),
+                int(row.find_element(By.CSS_SELECTOR, "[data-field=rate-limited]").text.replace(",", "")),
+            )
+            for row in rows
+        }
+        calls, limited = stats["feishu"]["calls"], stats["feishu"]["rate_limited"]
+        assert shown == {name: (calls.get(name, 0), limited.get(name, 0)) for name in {*calls, *limited}}
+        screenshot(driver, "status-page-bitable.png", 1280, 900)

@@ -104,7 +104,7 @@
     error.hidden = !stats.queue_error;
     error.textContent = stats.queue_error ? `${stats.queue_error.error}: ${stats.queue_error.detail}` : "";
     let next = when(stats.next_replenish);
-    if (!stats.next_replenish) next = "not timed here (SCHEDULER_ENABLED=false, or another process on DATA_DIR runs it)";
+    if (!stats.next_replenish) next = "not timed by this process (SCHEDULER_ENABLED=false, or another one runs it)";
     byId("next-replenish").textContent = next;
   }
 
