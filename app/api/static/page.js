@@ -14,6 +14,7 @@
   let loading = false;
   let again = false; // a refresh asked for while one was loading: run once more after it
   let signedOut = false;
+  let session = 0; // bumped on sign-out, so an answer fetched with the old key is dropped
   let lastUpdate = null;
   let pending = null; // the bulk action awaiting Confirm: {action, status, matched}
 
@@ -269,8 +270,10 @@
       return;
     }
     loading = true;
+    const asked = session;
     try {
       const stats = await api("GET", "/api/stats");
+      if (asked !== session) return;
       signedOut = false;
       byId("login").hidden = true;
       byId("sign-out").hidden = !sessionStorage.getItem(KEY_STORAGE);
@@ -280,6 +283,7 @@
       byId("updated").textContent = `updated at ${when(lastUpdate.toISOString())}`;
       byId("updated").dataset.state = "fresh";
     } catch (err) {
+      if (asked !== session) return;
       if (err.status === 401) {
         const hadKey = sessionStorage.getItem(KEY_STORAGE) !== null;
         sessionStorage.removeItem(KEY_STORAGE);
@@ -306,10 +310,12 @@
     sessionStorage.setItem(KEY_STORAGE, input.value);
     input.value = "";
     byId("login-error").textContent = "";
+    signedOut = false;
     refresh();
   });
 
   byId("sign-out").addEventListener("click", () => {
+    session += 1;
     sessionStorage.removeItem(KEY_STORAGE);
     showLogin("");
   });
