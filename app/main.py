@@ -20,6 +20,7 @@ from app.backlog_alert import BacklogAlert
 from app.broker import CeleryPublisher, Publisher
 from app.claims import ClaimJournal
 from app.config import Settings, load_settings
+from app.cycle_history import CycleHistory
 from app.dispatch import Dispatcher
 from app.doctor import startup_checks
 from app.errors import ServiceError
@@ -57,10 +58,11 @@ def wire(
 ) -> Services:
     """The pool's rules and the cycle over one dispatcher, so a row is never claimed twice in this process."""
     dispatcher = Dispatcher(store, publisher, journal, settings, clock)
-    tasks = TaskService(store, settings, publisher=publisher, dispatcher=dispatcher, clock=clock)
+    history = CycleHistory(settings.data_dir)
+    tasks = TaskService(store, settings, publisher=publisher, dispatcher=dispatcher, history=history, clock=clock)
     return Services(
         tasks=tasks,
-        cycle=ReplenishCycle(store, publisher, notifier, dispatcher, settings, clock),
+        cycle=ReplenishCycle(store, publisher, notifier, dispatcher, settings, history, clock),
         dispatcher=dispatcher,
         backlog_alert=BacklogAlert(tasks.report_backlog, notifier, settings.status_backlog_alert_seconds),
     )

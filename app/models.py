@@ -92,6 +92,15 @@ class Counts:
 
 
 @dataclass(frozen=True, slots=True)
+class FeishuUsage:
+    """One table's Bitable calls (attempts, retries included) since `since`, per endpoint, and those rate-limited."""
+
+    since: datetime
+    calls: dict[str, int]
+    rate_limited: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
 class Backlog:
     """Accepted worker reports not yet written to the table, and those Feishu refused for good (set aside)."""
 
@@ -242,7 +251,7 @@ class FailureOut(BaseModel):
 
 
 class FeishuUsageOut(BaseModel):
-    """This process's Bitable calls since it started (the whole tenant's quota is shared with other apps)."""
+    """The store's Bitable calls since this process opened it (start-up checks aside; the tenant's quota is shared)."""
 
     since: datetime
     calls: dict[str, int] = Field(description="attempts per endpoint, retries included")

@@ -10,9 +10,10 @@ Under DATA_DIR:
     claims-owners/<owner>.lock  one flock per open claim journal: a free one means its owner is dead
     replenish.lock              one replenish cycle at a time, across every process on this DATA_DIR
     scheduler.lock              one process runs the timer
-    last_replenish.json         the last cycle's report, for /api/stats of any process
+    replenish-history.json      the recent cycles' reports, newest first, for /api/stats of any process
     broker/{queue,processed,control}/   the embedded broker (CELERY_BROKER_URL=filesystem://)
     .ready-*, .doctor-*         a probe's file, made, synced and removed at once (/readyz, `doctor`)
+    .replenish-history.json-*   the next history, written whole, then renamed over the last one
     service.log, worker-<n>.log the demo's processes' output (the demo's DATA_DIR is a new temporary folder)
 
 The locks, outermost first; a task holding one may wait only for those below it, never for one above:
@@ -93,8 +94,8 @@ class DataDir:
         return self.root / "scheduler.lock"
 
     @property
-    def last_replenish(self) -> Path:
-        return self.root / "last_replenish.json"
+    def replenish_history(self) -> Path:
+        return self.root / "replenish-history.json"
 
     @property
     def broker(self) -> Path:

@@ -4,11 +4,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from app.broker import Publisher
 from app.config import Settings
+from app.cycle_history import CycleHistory
 from app.dispatch import Dispatched, Dispatcher, PriorityClass
 from app.errors import Conflict, ServiceError
 from app.locks import FileLock
@@ -22,14 +22,6 @@ from app.store.sqlite_file import local_storage
 log = logging.getLogger(__name__)
 
 
-def last_report(data_dir: Path) -> ReplenishReport | None:
-    """The last cycle's report, kept in DATA_DIR so /api/stats of any process on it shows it."""
-    try:
-        return ReplenishReport.model_validate_json(DataDir(data_dir).last_replenish.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 class ReplenishCycle:
     """One cycle at a time across processes: tops the queue up from the pool and tells the log, metrics and bot."""
 
@@ -40,9 +32,11 @@ class ReplenishCycle:
         notifier: Notifier,
         dispatcher: Dispatcher,
         settings: Settings,
+        history: CycleHistory,
         clock: Callable[[], datetime] = utc_now,
     ):
         self._store = store
+        self._history = history
         self._publisher = publisher
         self._notifier = notifier
         self._dispatcher = dispatcher
@@ -60,27 +54,29 @@ class ReplenishCycle:
         )
         locked = False
         try:
-            with local_storage(f"taking {self._lock.path}"):  # a DATA_DIR gone read-only fails here first
-                locked = self._lock.acquire()
-            if not locked:
-                raise Conflict("a replenish cycle is already running")
+            try:
+                with local_storage(f"taking {self._lock.path}"):  # a DATA_DIR gone read-only fails here first
+                    locked = self._lock.acquire()
+                if not locked:
+                    raise Conflict("a replenish cycle is already running")
+                if not dry_run:
+                    await self._dispatcher.settle_claims()
+                await self._top_up(report, dry_run)
+            except Conflict:
+                raise
+            except ServiceError as exc:
+                _failed(report, exc.detail, exc.error)
+            except Exception as exc:  # a bug or an untranslated failure: the cycle still reports, counts and tells
+                log.exception("replenish cycle failed")
+                _failed(report, f"{type(exc).__name__}: {exc}", "internal_error")
+            report.finished_at = self._clock()
             if not dry_run:
-                await self._dispatcher.settle_claims()
-            await self._top_up(report, dry_run)
-        except Conflict:
-            raise
-        except ServiceError as exc:
-            _failed(report, exc.detail, exc.error)
-        except Exception as exc:  # a bug or an untranslated failure: the cycle still reports, counts and tells the bot
-            log.exception("replenish cycle failed")
-            _failed(report, f"{type(exc).__name__}: {exc}", "internal_error")
+                self._history.add(report)  # before the lock is released: one process adds at a time
         finally:
             if locked:
                 self._lock.release()
-        report.finished_at = self._clock()
         self._record(report)
         if not dry_run:
-            self._keep(report)
             notice = replenish_notice(report, self._settings)
             if notice is not None:
                 await self._notifier.send(notice)
@@ -168,13 +164,6 @@ class ReplenishCycle:
         depth = report.depth_after if report.depth_after is not None else report.depth_before
         if depth is not None:
             QUEUE_DEPTH.set(depth)
-
-    def _keep(self, report: ReplenishReport) -> None:
-        path = DataDir(self._settings.data_dir).last_replenish
-        try:
-            path.write_text(report.model_dump_json())
-        except OSError as exc:  # a full or read-only DATA_DIR: stats show an older report, the bot still hears
-            log.error("could not keep the cycle's report in %s: %s", path, exc)
 
 
 def _dispatched(report: ReplenishReport, claimed: int, dispatched: Dispatched, left: int | None) -> None:

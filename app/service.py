@@ -11,6 +11,7 @@ from typing import Any
 
 from app.broker import Publisher
 from app.config import Settings
+from app.cycle_history import CycleHistory
 from app.dispatch import Dispatcher, PriorityClass
 from app.errors import Conflict, InvalidInput, NotFound, ServiceError, StoreUnavailable, TooManyTasks
 from app.identity import MAX_PAYLOAD_CHARS, canonical_json, task_identifier
@@ -34,6 +35,8 @@ from app.models import (
     BulkOut,
     BulkStatusUpdate,
     ErrorOut,
+    FailureOut,
+    FeishuUsageOut,
     IngestResponse,
     ItemOutcome,
     NewTask,
@@ -51,7 +54,6 @@ from app.models import (
     utc_now,
 )
 from app.paths import READY_PROBE_PREFIX
-from app.replenish import last_report
 from app.store.base import TaskStore
 from app.store.sqlite_file import local_storage
 from app.store.timestamps import from_ms, to_ms
@@ -71,12 +73,14 @@ class TaskService:
         *,
         publisher: Publisher,
         dispatcher: Dispatcher,
+        history: CycleHistory,
         clock: Callable[[], datetime] = utc_now,
     ):
         self.store = store
         self.settings = settings
         self.publisher = publisher
         self._dispatcher = dispatcher
+        self._history = history
         self.clock = clock
 
     def new_task(self, payload: dict[str, Any], priority: int | None = None, *, index: int = 0) -> NewTask:
@@ -347,6 +351,8 @@ class TaskService:
         counts = counted.by_status
         for status, count in counts.items():
             POOL_TASKS.labels(status).set(count)
+        cycles = self._history.recent()
+        usage = self.store.feishu_usage()
         return StatsOut(
             counts=counts,
             counts_as_of=counted.as_of,
@@ -358,9 +364,23 @@ class TaskService:
             queue=self.settings.celery_queue,
             queue_depth=depth,
             queue_error=queue_error,
-            last_replenish=last_report(self.settings.data_dir),
+            last_replenish=cycles[0] if cycles else None,
             next_replenish=None,
             scheduler_owner=False,
+            recent_cycles=cycles,
+            recent_failures=[
+                FailureOut(
+                    record_id=r.record_id,
+                    identifier=r.identifier,
+                    error=r.error,
+                    finished_at=r.finished_at,
+                    attempts=r.attempts,
+                )
+                for r in counted.recent_failures
+            ],
+            feishu=FeishuUsageOut(since=usage.since, calls=usage.calls, rate_limited=usage.rate_limited)
+            if usage
+            else None,
         )
 
 

@@ -18,7 +18,7 @@ FIXED = (
     "claims_owners",
     "replenish_lock",
     "scheduler_lock",
-    "last_replenish",
+    "replenish_history",
     "broker",
     "broker_queue",
     "broker_processed",
@@ -71,7 +71,7 @@ def test_the_claim_journal_keeps_its_owner_lock_where_paths_says(tmp_path):
     assert list(data.claims_owners.iterdir()) == []
 
 
-NAMES = {"tasks.db", "claims.db", "replenish.lock", "scheduler.lock", "last_replenish.json", "broker", "service.log"}
+NAMES = {"tasks.db", "claims.db", "replenish.lock", "scheduler.lock", "replenish-history.json", "broker", "service.log"}
 PREFIXES = (paths.READY_PROBE_PREFIX, paths.DOCTOR_PROBE_PREFIX, "index-", "outbox-", "worker-", "claims-owners")
 
 

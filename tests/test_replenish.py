@@ -7,9 +7,11 @@ from datetime import timedelta
 import pytest
 from prometheus_client import REGISTRY
 
+from app.cycle_history import CycleHistory
 from app.errors import BrokerUnavailable, Conflict, QueueMissing
 from app.locks import FileLock
 from app.models import StatusChange, TaskStatus
+from app.paths import DataDir
 from app.service import TaskService
 
 
@@ -168,6 +170,21 @@ async def test_one_cycle_at_a_time(service, cycle):
         await cycle.run()
     lock.release()
     assert (await cycle.run()).outcome == "nothing_pending"
+
+
+async def test_the_history_keeps_every_real_cycle_and_no_dry_run_nor_refused_one(service, cycle):
+    history = CycleHistory(service.settings.data_dir)
+    await service.ingest_tasks([{"n": 1}])
+    first = await cycle.run()
+    await cycle.run(dry_run=True)
+    lock = FileLock(DataDir(service.settings.data_dir).replenish_lock)
+    assert lock.acquire()
+    with pytest.raises(Conflict):
+        await cycle.run()
+    lock.release()
+    second = await cycle.run()
+    assert history.recent() == [second, first]
+    assert (first.outcome, second.outcome) == ("published", "nothing_pending")
 
 
 def failed_runs() -> float:

@@ -9,7 +9,7 @@ import pytest
 
 from app.errors import BrokerUnavailable, Conflict, InvalidInput, NotFound, QueueMissing
 from app.identity import task_identifier
-from app.models import StatusChange, TaskFilter, TaskStatus
+from app.models import BulkStatusUpdate, ReportItem, StatusChange, TaskFilter, TaskStatus
 from app.service import TaskService
 
 
@@ -104,6 +104,31 @@ async def test_stats_count_every_status_and_remember_the_last_cycle(service, cyc
     publisher.error = BrokerUnavailable("broker down")
     error = (await service.stats()).queue_error
     assert (error.error, error.detail) == ("broker_unavailable", "broker down")
+
+
+async def test_stats_show_the_cycles_newest_first_and_the_newest_failures_with_their_errors(service, cycle, clock):
+    ids = [item.record_id for item in (await service.ingest_tasks([{"n": n} for n in range(12)])).items]
+    first = await cycle.run()
+    clock.advance(hours=4)
+    await cycle.run(dry_run=True)  # a dry run is not kept
+    second = await cycle.run()
+    for n, record_id in enumerate(ids[:11]):
+        clock.advance(seconds=1)
+        await service.update_status(BulkStatusUpdate(FAILED=[ReportItem(record_id=record_id, error=f"boom {n}")]))
+    await service.update_status(BulkStatusUpdate(SUCCESS=[ids[11]]))
+    waiting, written = await service.stats(), await service.stats()  # Bitable: reports waiting, then written
+    for stats in (waiting, written):
+        assert [c.started_at for c in stats.recent_cycles] == [second.started_at, first.started_at]
+        assert stats.last_replenish == stats.recent_cycles[0]
+        assert stats.counts["FAILED"] == 11
+        assert [f.error for f in stats.recent_failures] == [f"boom {n}" for n in range(10, 0, -1)]
+        newest = stats.recent_failures[0]
+        assert (newest.record_id, newest.identifier, newest.finished_at) == (
+            ids[10],
+            task_identifier({"n": 10}),
+            clock(),
+        )
+    assert (written.feishu is None) == (service.store.feishu_usage() is None)
 
 
 async def test_a_big_batch_is_canonicalized_and_hashed_off_the_event_loop(service, monkeypatch):

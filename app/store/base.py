@@ -9,6 +9,7 @@ from app.models import (
     Added,
     Backlog,
     Counts,
+    FeishuUsage,
     NewTask,
     StatusChange,
     TaskFilter,
@@ -61,10 +62,14 @@ class TaskStore(Protocol):
         """
 
     async def counts(self) -> Counts:
-        """Tasks per status (Bitable: cached for STATS_CACHE_SECONDS, counted by one caller at a time)."""
+        """Tasks per status and the newest FAILED (Bitable: cached for STATS_CACHE_SECONDS, counted by one caller at
+        a time)."""
 
     def backlog(self) -> Backlog | None:
         """Reports accepted and not yet written; None for a store that writes them at once."""
+
+    def feishu_usage(self) -> FeishuUsage | None:
+        """This process's Bitable calls per endpoint; None for a store that makes none."""
 
     async def page(
         self, status: TaskStatus | None, limit: int, page_token: str | None, where: TaskFilter = NO_FILTER

@@ -18,6 +18,7 @@ from app.models import (
     Added,
     Backlog,
     Counts,
+    FeishuUsage,
     NewTask,
     StatusChange,
     Stored,
@@ -38,6 +39,7 @@ from app.store.searches import (
     MAX_CONDITIONS,
     MAX_PAGE,
     count_search,
+    failed_search,
     filter_search,
     identifier_chunks,
     identifier_search,
@@ -88,7 +90,9 @@ class BitableTaskStore:
             backoff_seconds=flush_backoff_seconds,
         )
         self._readiness = TableReadiness(table, ready_check_seconds)
-        self._counts = PoolCounts(table, self.page, self.backlog, stats_cache_seconds)
+        self._counts = PoolCounts(
+            table, self.page, self.newest_failed, self.backlog, lambda: self._schema, stats_cache_seconds
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> "BitableTaskStore":
@@ -298,6 +302,16 @@ class BitableTaskStore:
     def backlog(self) -> Backlog | None:
         return self._outbox.backlog()
 
+    def feishu_usage(self) -> FeishuUsage | None:
+        return self.table.usage()
+
+    async def newest_failed(self, limit: int) -> TaskPage:
+        """The newest FAILED tasks (by finish time) and, as the total, how many there are: one search."""
+        await self._flusher.flush()  # a failure reported is one, whatever the table says yet
+        page = await self.table.search(**failed_search(self._schema), page_size=min(limit, MAX_PAGE))
+        items = [self._schema.decode(record_id, fields) for record_id, fields in page.records]
+        return TaskPage(items=items, next_page_token=page.page_token, total=page.total)
+
     async def pending(self, limit: int) -> list[TaskRecord]:
         await self._flusher.flush()  # a task reported finished must not be picked again
         return await self._search_all(pick_search(self._schema), limit=limit)
@@ -400,7 +414,8 @@ class BitableTaskStore:
         return {
             "pick": pick_search(self._schema),
             "count": count_search(TaskStatus.PENDING),
-            "count_scan": status_scan(),
+            "count_scan": status_scan(self._schema),
+            "newest_failed": failed_search(self._schema),
             "page": count_search(None),
             **({"lease_recovery": lease_search(now)} if self.supports_leases else {}),
             "prune": prune_search(TaskStatus.SUCCESS, now),

@@ -17,7 +17,7 @@ import logging
 import math
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -30,6 +30,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 
 from app.errors import CredentialsRejected, QuotaExhausted, ServiceError, StoreRejected, StoreUnavailable
 from app.metrics import FEISHU_CALLS, FEISHU_LATENCY, FEISHU_RETRIES
+from app.models import FeishuUsage, utc_now
 from app.store.chunks import chunked
 
 
@@ -330,6 +331,9 @@ class FeishuTable:
         self.calls = 0  # every HTTP attempt to the Bitable API, for tests and benchmarks
         self.clock = clock  # the time of `health()`
         self._health = CallHealth()
+        self._since = utc_now()
+        self._calls: Counter[str] = Counter()  # per endpoint, for `usage()`
+        self._rate_limited: Counter[str] = Counter()
 
     @classmethod
     def build(
@@ -352,6 +356,9 @@ class FeishuTable:
 
     def health(self) -> CallHealth:
         return self._health
+
+    def usage(self) -> FeishuUsage:
+        return FeishuUsage(self._since, dict(self._calls), dict(self._rate_limited))
 
     async def aclose(self) -> None:
         http, self._http = self._http, None
@@ -598,6 +605,7 @@ class FeishuTable:
                 "until it resets; the free plan allows 10,000 calls a month for all custom apps together"
             )
         if status == 429 or code == _RATE_LIMITED:
+            self._rate_limited[endpoint] += 1
             raise _Retry("rate limited", wait=_reset_seconds(response), maybe_applied=False)
         if code == _FAILED and query and query.get("page_token"):
             if tries.page_token_failed:  # the docs give 1254002 for an invalid page_token too
@@ -622,8 +630,8 @@ class FeishuTable:
             self._http, self._http_loop = httpx.AsyncClient(timeout=self._config.timeout), loop
         return self._http
 
-    @staticmethod
-    def _observe(endpoint: str, code: str, started: float) -> None:
+    def _observe(self, endpoint: str, code: str, started: float) -> None:
+        self._calls[endpoint] += 1
         FEISHU_CALLS.labels(endpoint, code).inc()
         FEISHU_LATENCY.labels(endpoint).observe(time.perf_counter() - started)
 

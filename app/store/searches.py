@@ -7,7 +7,18 @@ from typing import Any
 
 from app.errors import InvalidInput
 from app.models import TaskFilter, TaskStatus
-from app.store.columns import CLAIMED_AT, CREATED_AT, IDENTIFIER, PRIORITY, STATUS, Schema, plain
+from app.store.columns import (
+    ATTEMPTS,
+    CLAIMED_AT,
+    CREATED_AT,
+    ERROR,
+    FINISHED_AT,
+    IDENTIFIER,
+    PRIORITY,
+    STATUS,
+    Schema,
+    plain,
+)
 from app.store.feishu import FeishuTable
 from app.store.timestamps import to_ms
 
@@ -67,9 +78,25 @@ def count_search(status: TaskStatus | None) -> dict[str, Any]:
     return {"filter_": _status_is(status) if status else None, "sort": [{"field_name": CREATED_AT, "desc": False}]}
 
 
-def status_scan() -> dict[str, Any]:
-    """Every row's Status alone, unfiltered: a small pool is counted by reading it (the total is the pool's size)."""
-    return {"field_names": [STATUS]}
+def _failure_fields(schema: Schema) -> list[str]:
+    """What /api/stats shows of a failed task, of the columns the table has."""
+    return [STATUS, *(name for name in (IDENTIFIER, ATTEMPTS, ERROR, FINISHED_AT) if schema.has(name))]
+
+
+def status_scan(schema: Schema) -> dict[str, Any]:
+    """Every row's Status, unfiltered: a small pool is counted by reading it (the total is the pool's size); with
+    what a failure shows, so the newest failures come with the count."""
+    return {"field_names": _failure_fields(schema)}
+
+
+def failed_search(schema: Schema) -> dict[str, Any]:
+    """FAILED, newest first: by finish time where the table keeps one, else by creation."""
+    newest = FINISHED_AT if schema.has(FINISHED_AT) else CREATED_AT
+    return {
+        "filter_": _status_is(TaskStatus.FAILED),
+        "sort": [{"field_name": newest, "desc": True}],
+        "field_names": _failure_fields(schema),
+    }
 
 
 def pick_search(schema: Schema) -> dict[str, Any]:

@@ -16,9 +16,11 @@ from app.errors import InvalidInput, StoreUnavailable
 from app.identity import canonical_json
 from app.models import (
     NO_FILTER,
+    RECENT_FAILURES,
     Added,
     Backlog,
     Counts,
+    FeishuUsage,
     NewTask,
     StatusChange,
     Stored,
@@ -93,6 +95,8 @@ class SqliteTaskStore:
             with self._transaction():  # looked at again inside: another process may have added them meanwhile
                 for name in self._missing_columns():
                     self.db.execute(f"ALTER TABLE tasks ADD COLUMN {name} {_ADDED[name]}")
+        # the newest failures for /api/stats without a sort of every FAILED row; after the column may have been added
+        self.db.execute("CREATE INDEX IF NOT EXISTS failed_by_finish ON tasks (finished_at) WHERE status = 'FAILED'")
 
     def _missing_columns(self) -> list[str]:
         have = {row[1] for row in self.db.execute("PRAGMA table_info(tasks)")}
@@ -260,11 +264,22 @@ class SqliteTaskStore:
         return await self.update(changes)  # one local transaction: durable and visible at once
 
     async def counts(self) -> Counts:
-        rows = await self._run(lambda: self.db.execute("SELECT status, count(*) FROM tasks GROUP BY status").fetchall())
-        found = dict(rows)
-        return Counts({status.value: found.get(status.value, 0) for status in TaskStatus}, utc_now())
+        return await self._run(self._counts)
+
+    def _counts(self) -> Counts:
+        found = dict(self.db.execute("SELECT status, count(*) FROM tasks GROUP BY status").fetchall())
+        failed = self.db.execute(
+            f"SELECT {_COLUMNS} FROM tasks INDEXED BY failed_by_finish WHERE status = 'FAILED'"
+            " ORDER BY finished_at DESC, rowid DESC LIMIT ?",
+            [RECENT_FAILURES],
+        ).fetchall()
+        by_status = {status.value: found.get(status.value, 0) for status in TaskStatus}
+        return Counts(by_status, utc_now(), tuple(_record(row) for row in failed))
 
     def backlog(self) -> Backlog | None:
+        return None
+
+    def feishu_usage(self) -> FeishuUsage | None:
         return None
 
     async def page(

@@ -10,16 +10,18 @@ every call. Times are on the table's clock.
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
-from app.models import Backlog, Counts, TaskPage, TaskStatus, utc_now
-from app.store.columns import STATUS, plain
+from app.models import RECENT_FAILURES, Backlog, Counts, TaskPage, TaskRecord, TaskStatus, utc_now
+from app.store.columns import STATUS, Schema, plain
 from app.store.feishu import FeishuTable
 from app.store.searches import MAX_PAGE, status_scan
 
 T = TypeVar("T")
 
 SCAN_ROWS = 2_000  # up to this many rows, reading the Status column (500 a search) costs fewer calls than 5 counts
+_NEVER = datetime.min.replace(tzinfo=UTC)
 IDLE_FACTOR = 10  # counts are kept this many windows while this process writes nothing to the table
 
 
@@ -83,12 +85,16 @@ class PoolCounts:
         self,
         table: FeishuTable,
         page: Callable[[TaskStatus | None, int, str | None], Awaitable[TaskPage]],
+        newest_failed: Callable[[int], Awaitable[TaskPage]],
         backlog: Callable[[], Backlog | None],
+        schema: Callable[[], Schema],
         window_seconds: float,
     ):
         self._table = table
         self._page = page
+        self._newest_failed = newest_failed
         self._backlog = backlog
+        self._schema = schema
         self._window = window_seconds
         self._kept: _Kept | None = None
         self._rows = 0  # rows in the table at the last count: it picks how the next one counts
@@ -98,7 +104,8 @@ class PoolCounts:
     async def get(self) -> Counts:
         if self._window <= 0:
             as_of = utc_now()
-            return Counts(await self._count(), as_of)
+            by_status, failed = await self._count()
+            return Counts(by_status, as_of, failed)
         kept = self._kept
         if kept is not None and self._holds(kept):
             return kept.counts
@@ -118,40 +125,57 @@ class PoolCounts:
 
     async def _count_now(self) -> Counts:
         started, as_of = self._table.clock(), utc_now()
-        counts = Counts(await self._count(), as_of)
+        by_status, failed = await self._count()
+        counts = Counts(by_status, as_of, failed)
         self._kept = _Kept(counts, started)
         return counts
 
-    async def _count(self) -> dict[str, int]:
-        """A small pool by reading its Status column; a larger one, or one with reports waiting, by five counts."""
+    async def _count(self) -> tuple[dict[str, int], tuple[TaskRecord, ...]]:
+        """A small pool by reading its Status column; a larger one, or one with reports waiting, by five counts (the
+        FAILED one reads the newest failures too)."""
         scanned_rows = None
         if self._rows <= SCAN_ROWS and not self._reports_waiting():
             scanned = await self._scan()
             if scanned is not None:
                 return scanned
             scanned_rows = self._rows  # the unfiltered total of the scan's first page
-        # through the store's page(), which writes waiting reports first
-        pages = await asyncio.gather(*(self._page(status, 1, None) for status in TaskStatus))
-        counts = {status.value: page.total or 0 for status, page in zip(TaskStatus, pages, strict=True)}
+        # through the store, which writes waiting reports first
+        others = [status for status in TaskStatus if status is not TaskStatus.FAILED]
+        failed, *pages = await asyncio.gather(
+            self._newest_failed(RECENT_FAILURES), *(self._page(status, 1, None) for status in others)
+        )
+        totals = {status: page.total for status, page in zip(others, pages, strict=True)}
+        totals[TaskStatus.FAILED] = failed.total
+        counts = {status.value: totals[status] or 0 for status in TaskStatus}
         if scanned_rows is not None:
             self._unlabeled = max(0, scanned_rows - sum(counts.values()))
         self._rows = sum(counts.values()) + self._unlabeled  # else a pool past the scan is scanned again each time
-        return counts
+        return counts, tuple(failed.items)
 
-    async def _scan(self) -> dict[str, int] | None:
+    async def _scan(self) -> tuple[dict[str, int], tuple[TaskRecord, ...]] | None:
         """Counts from the Status column, 500 rows a search; None once the pool shows more than SCAN_ROWS rows."""
         counts = {status.value: 0 for status in TaskStatus}
+        failed: list[TaskRecord] = []
+        schema = self._schema()
         seen, token = 0, None
         while True:
-            page = await self._table.search(**status_scan(), page_size=MAX_PAGE, page_token=token)
+            page = await self._table.search(**status_scan(schema), page_size=MAX_PAGE, page_token=token)
             seen += len(page.records)
             self._rows = max(seen, page.total or 0)
             if self._rows > SCAN_ROWS:
                 return None
-            for _, fields in page.records:
+            for record_id, fields in page.records:
                 status = plain(fields.get(STATUS))
                 if status in counts:
                     counts[status] += 1
+                if status == TaskStatus.FAILED:
+                    failed.append(schema.decode(record_id, fields))
             if not (token := page.page_token):
                 self._unlabeled = seen - sum(counts.values())
-                return counts
+                return counts, _newest(failed)
+
+
+def _newest(failed: list[TaskRecord]) -> tuple[TaskRecord, ...]:
+    """The newest failures first, as the FAILED search sorts them: by finish time, else by creation."""
+    by_time = sorted(failed, key=lambda r: r.finished_at or r.created_at or _NEVER, reverse=True)
+    return tuple(by_time[:RECENT_FAILURES])

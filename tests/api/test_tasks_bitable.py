@@ -61,3 +61,12 @@ def test_a_payload_number_too_large_for_a_float_is_stored_without_its_mirror(fei
     (row,) = feishu.rows(APP_TOKEN, "tblMirror").values()
     assert json.loads(row["Payload"]) == {"score": 10**400, "title": 10**400}
     assert not {"score", "title"} & set(row)
+
+
+def test_stats_show_the_store_s_feishu_calls_per_endpoint_and_the_rate_limited_ones(bitable_client, feishu):
+    feishu.add_fault("rate_limit", endpoint="batch_create", times=1)
+    bitable_client.post("/api/tasks/ingest", json=[{"n": n} for n in range(3)])
+    usage = bitable_client.get("/api/stats").json()["feishu"]
+    assert usage["calls"]["batch_create"] == feishu.count("batch_create") == 2  # refused once, then written
+    assert usage["rate_limited"] == {"batch_create": 1}
+    assert usage["calls"]["search"] >= 1  # the count /api/stats itself asked for

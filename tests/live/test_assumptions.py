@@ -1,7 +1,9 @@
 """What the service assumes of Bitable beyond what the docs spell out, checked on the target."""
 
 import logging
+from datetime import UTC, datetime, timedelta
 
+from app.models import StatusChange, TaskStatus
 from app.store.columns import IDENTIFIER
 from tests.support.tasks import add_all, new_task
 
@@ -29,3 +31,18 @@ async def test_the_index_rebuilds_parts_add_up_to_the_table(store, caplog):
     await add_all(store, [new_task(n, live="parts") for n in range(40)])
     assert await store.reindex() == 40
     assert not [r for r in caplog.records if "reading it whole" in r.getMessage()]
+
+
+async def test_the_newest_failures_come_first_by_finish_time(store):
+    """/api/stats' recent failures: the FAILED search sorted by FinishedAt, descending (where empties go is open)."""
+    stored = await add_all(store, [new_task(n, live="newest") for n in range(3)])
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    await store.update(
+        [
+            StatusChange(s.record_id, TaskStatus.FAILED, error=f"live {n}", finished_at=start + timedelta(minutes=n))
+            for n, s in enumerate(stored)
+        ]
+    )
+    page = await store.newest_failed(500)
+    ours = [record.error for record in page.items if record.error and record.error.startswith("live ")]
+    assert ours[:3] == ["live 2", "live 1", "live 0"]

@@ -692,6 +692,7 @@ async def test_filter_shapes_names_every_search_the_store_sends(bitable_store, f
     every = TaskFilter(1, 0, 2, now - timedelta(days=1), now, "0" * 64)  # unknown to the index: searched
     await bitable_store.page(TaskStatus.FAILED, 10, None, every)
     await bitable_store.counts()  # a small pool: its Status column read
+    await bitable_store.newest_failed(10)  # a larger one: the FAILED count reads the newest failures
     await bitable_store.prune(TaskStatus.SUCCESS, datetime.now(UTC))
     await bitable_store.reindex()
     assert await find_identifiers(bitable_store.table, [s.identifier for s in stored])

@@ -89,3 +89,22 @@ async def test_the_table_keeps_the_outcome_of_its_latest_call(feishu):
         await table.search(page_size=1, page_token="not-ours")
     assert table.health() == CallHealth(last_call_at=clock.now - 1, last_write_at=clock.now - 1)
     await table.aclose()
+
+
+async def test_the_table_counts_its_calls_per_endpoint_and_those_rate_limited(feishu):
+    table = FeishuTable.build(
+        feishu.app_id, feishu.app_secret, APP_TOKEN, TABLE_ID, feishu.url, 5, attempts=3, backoff_max=0.01
+    )
+    assert (table.usage().calls, table.usage().rate_limited) == ({}, {})
+    await table.list_fields()
+    feishu.add_fault("rate_limit", endpoint="search", times=1)
+    feishu.add_fault("server_error", endpoint="search", times=1)
+    await table.search(page_size=1)  # a 429, a 5xx, then an answer: three attempts
+    usage = table.usage()
+    assert (
+        usage.calls
+        == {"fields_list": 1, "search": 3}
+        == {endpoint: feishu.count(endpoint) for endpoint in ("fields_list", "search")}
+    )
+    assert usage.rate_limited == {"search": 1}
+    await table.aclose()

@@ -2,12 +2,14 @@
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from app.errors import StoreUnavailable
 from app.models import Backlog, StatusChange, TaskStatus
 from app.store.bitable import BitableTaskStore
+from app.store.columns import load_schema
 from app.store.windows import IDLE_FACTOR, SCAN_ROWS, PoolCounts
 from tests.support.fakes import Seconds
 from tests.support.feishu import APP_TOKEN, TABLE_ID
@@ -260,7 +262,8 @@ async def test_reports_waiting_are_counted_through_the_page_and_never_kept_past_
     store = await new_store()
     await tasks_in(store, [TaskStatus.PENDING] * 2)
     waiting = Backlog(depth=1, oldest_age_seconds=0.5)
-    counts = PoolCounts(store.table, store.page, lambda: waiting, WINDOW)
+    schema = await load_schema(store.table)
+    counts = PoolCounts(store.table, store.page, store.newest_failed, lambda: waiting, lambda: schema, WINDOW)
     feishu.reset_calls()
     assert (await counts.get()).by_status == expected(PENDING=2)
     assert feishu.count("search") == 5  # one page() a status: the store writes waiting reports before it reads
@@ -300,3 +303,28 @@ async def test_a_busy_minute_of_probes_and_stats_costs_its_counts_and_one_column
         seconds.advance(0.5)
     assert calls(feishu) == spent
     assert feishu.count("fields_list") == 1
+
+
+async def test_the_newest_failures_come_with_either_count_at_no_extra_call(new_store, feishu):
+    store = await new_store(stats_cache_seconds=0)
+    record_ids = await tasks_in(store, [TaskStatus.PENDING] * 12)
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    failures = [
+        StatusChange(rid, TaskStatus.FAILED, error=f"boom {n}", finished_at=start + timedelta(minutes=n))
+        for n, rid in enumerate(record_ids[:11])
+    ]
+    await store.update(failures)
+    newest = [f"boom {n}" for n in range(10, 0, -1)]
+    feishu.reset_calls()
+    scanned = await store.counts()
+    assert feishu.count("search") == 1  # a small pool: one read of its columns
+    assert [r.error for r in scanned.recent_failures] == newest
+    assert scanned.recent_failures[0].finished_at == start + timedelta(minutes=10)
+    waiting = Backlog(depth=1, oldest_age_seconds=0.5)  # the count by status, as for a pool past SCAN_ROWS
+    schema = await load_schema(store.table)
+    counts = PoolCounts(store.table, store.page, store.newest_failed, lambda: waiting, lambda: schema, 0)
+    feishu.reset_calls()
+    counted = await counts.get()
+    assert feishu.count("search") == 5
+    assert counted.by_status == scanned.by_status == expected(PENDING=1, FAILED=11)
+    assert counted.recent_failures == scanned.recent_failures
