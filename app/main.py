@@ -15,6 +15,7 @@ from app.api.guard import RequestGuard
 from app.api.ops import probes
 from app.api.ops import router as ops_router
 from app.api.tasks import router as tasks_router
+from app.api.ui import status_page
 from app.backlog_alert import BacklogAlert
 from app.broker import CeleryPublisher, Publisher
 from app.claims import ClaimJournal
@@ -127,6 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tasks_router)
     app.include_router(ops_router)
     app.include_router(probes)
+    app.include_router(status_page())
     app.add_middleware(RequestGuard)
     app.add_middleware(RequestIdMiddleware)  # added last, so outermost: a refusal is logged with its id too
     return app

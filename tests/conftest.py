@@ -7,6 +7,7 @@ import pytest
 
 from app.config import Settings
 from tests.support.brokers import make_publisher, queue_name, rabbit_url, redis_url
+from tests.support.browser import browser
 from tests.support.feishu import feishu
 from tests.support.services import (
     clock,
@@ -24,6 +25,7 @@ from tests.support.stores import bitable_store, sqlite_store, store
 # fixtures, imported so pytest finds them here (no pytest_plugins)
 __all__ = [
     "bitable_store",
+    "browser",
     "clock",
     "cycle",
     "dispatcher",
