@@ -264,6 +264,7 @@ class StatsOut(BaseModel):
     backlog: BacklogOut | None = Field(description="reports not yet written to Bitable; null on SQLite, which has none")
     queue: str
     queue_depth: int | None
+    replenish_threshold: int = Field(description="a cycle tops the queue up when its depth is below this")
     queue_error: ErrorOut | None = Field(description="why the depth is unknown (queue_missing, broker_unavailable)")
     last_replenish: ReplenishReport | None
     next_replenish: datetime | None

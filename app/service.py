@@ -363,6 +363,7 @@ class TaskService:
             else None,
             queue=self.settings.celery_queue,
             queue_depth=depth,
+            replenish_threshold=self.settings.replenish_threshold,
             queue_error=queue_error,
             last_replenish=cycles[0] if cycles else None,
             next_replenish=None,

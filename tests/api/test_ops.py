@@ -49,6 +49,7 @@ def test_replenish_route_runs_the_cycle_and_dry_run_changes_nothing(client):
     assert stats["counts"]["PROCESSING"] == 3
     assert stats["last_replenish"]["published"] == 3
     assert stats["queue"] == "celery"
+    assert stats["replenish_threshold"] == report["threshold"]
     assert [cycle["outcome"] for cycle in stats["recent_cycles"]] == ["published"]  # the dry run is not kept
     record_id = client.get("/api/tasks", params={"status": "PROCESSING"}).json()["items"][0]["record_id"]
     client.post("/api/tasks/update-status", json={"FAILED": [{"record_id": record_id, "error": "boom"}]})

@@ -84,7 +84,7 @@ def attribute(value: object) -> str:
 def assert_the_figures_are_the_apis(driver, stats: dict) -> None:
     assert tiles(driver) == stats["counts"]
     assert css(driver, "#queue-depth").get_attribute("data-value") == str(stats["queue_depth"])
-    assert css(driver, "#queue-threshold").get_attribute("data-value") == str(stats["recent_cycles"][0]["threshold"])
+    assert css(driver, "#queue-threshold").get_attribute("data-value") == str(stats["replenish_threshold"])
     rows = driver.find_elements(By.CSS_SELECTOR, "#cycles tbody tr")
     assert [row.get_attribute("data-started-at") for row in rows] == [c["started_at"] for c in stats["recent_cycles"]]
     for row, cycle in zip(rows, stats["recent_cycles"], strict=True):

@@ -80,27 +80,21 @@
     byId("counts-as-of").textContent = when(stats.counts_as_of);
   }
 
-  function thresholdOf(stats) {
-    const cycle = stats.recent_cycles[0] || stats.last_replenish;
-    return cycle ? cycle.threshold : null;
-  }
-
   function renderQueue(stats) {
     const depth = stats.queue_depth;
-    const threshold = thresholdOf(stats);
+    const threshold = stats.replenish_threshold;
     byId("queue-name").textContent = stats.queue;
     const depthNode = byId("queue-depth");
     depthNode.textContent = depth === null ? "unknown" : number(depth);
     depthNode.dataset.value = depth === null ? "" : String(depth);
     const thresholdNode = byId("queue-threshold");
-    thresholdNode.textContent = threshold === null ? "not known until a cycle has run" : number(threshold);
-    thresholdNode.dataset.value = threshold === null ? "" : String(threshold);
+    thresholdNode.textContent = number(threshold);
+    thresholdNode.dataset.value = String(threshold);
     const scale = Math.max(depth || 0, threshold || 0, 1);
     byId("queue-fill").style.width = `${(100 * (depth || 0)) / scale}%`;
-    byId("queue-fill").classList.toggle("low", threshold !== null && depth !== null && depth < threshold);
+    byId("queue-fill").classList.toggle("low", depth !== null && depth < threshold);
     const mark = byId("queue-mark");
-    mark.hidden = threshold === null;
-    mark.style.left = `${(100 * (threshold || 0)) / scale}%`;
+    mark.style.left = `${(100 * threshold) / scale}%`;
     const error = byId("queue-error");
     error.hidden = !stats.queue_error;
     error.textContent = stats.queue_error ? `${stats.queue_error.error}: ${stats.queue_error.detail}` : "";
