@@ -192,8 +192,9 @@ async def rebuild(emu: EmulatorProcess, data_dir: Path, pages: int, bar: Progres
     task = bar.add_task("rebuilding the index (search pages)", total=pages)
 
     async def follow() -> None:
-        while True:  # FeishuTable.calls counts every attempt; one of them is the fields list
-            bar.update(task, completed=min(pages, max(0, store.table.calls - 1)))
+        while True:  # usage() counts every attempt; one of them is the fields list
+            searched = sum(store.table.usage().calls.values()) - 1
+            bar.update(task, completed=min(pages, max(0, searched)))
             await asyncio.sleep(0.25)
 
     follower = asyncio.create_task(follow())

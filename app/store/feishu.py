@@ -328,11 +328,10 @@ class FeishuTable:
         self._token_fetch: asyncio.Future[str] | None = None
         self._turns = _Turns()
         self._page_sizes: dict[str, int] = {}  # page token → the smaller page size its search fell back to
-        self.calls = 0  # every HTTP attempt to the Bitable API, for tests and benchmarks
         self.clock = clock  # the time of `health()`
         self._health = CallHealth()
         self._since = utc_now()
-        self._calls: Counter[str] = Counter()  # per endpoint, for `usage()`
+        self._calls: Counter[str] = Counter()  # every HTTP attempt, per endpoint, for `usage()`
         self._rate_limited: Counter[str] = Counter()
 
     @classmethod
@@ -567,7 +566,6 @@ class FeishuTable:
         async with self._turns.take(write=endpoint not in _READS):
             if endpoint in self._pacers:
                 await self._pacers[endpoint].wait(priority)
-            self.calls += 1
             started = time.perf_counter()
             headers = {"Authorization": f"Bearer {token}", **({"Content-Type": "application/json"} if content else {})}
             try:
