@@ -233,6 +233,8 @@ class ErrorOut(BaseModel):
 class BacklogOut(BaseModel):
     """Workers' reports accepted and not yet written to the table."""
 
+    model_config = {"from_attributes": True}  # built from the store's Backlog
+
     depth: int
     oldest_age_seconds: float | None = Field(description="how long the oldest has waited; null when none waits")
     refused: int = Field(0, description="reports Feishu refused even as a bare status, set aside in the outbox")
@@ -243,6 +245,8 @@ RECENT_CYCLES = 20  # replenish cycles /api/stats shows, newest first
 
 
 class FailureOut(BaseModel):
+    model_config = {"from_attributes": True}  # built from a TaskRecord
+
     record_id: str
     identifier: str | None
     error: str | None
@@ -252,6 +256,8 @@ class FailureOut(BaseModel):
 
 class FeishuUsageOut(BaseModel):
     """The store's Bitable calls since this process opened it (start-up checks aside; the tenant's quota is shared)."""
+
+    model_config = {"from_attributes": True}  # built from the store's FeishuUsage
 
     since: datetime
     calls: dict[str, int] = Field(description="attempts per endpoint, retries included")

@@ -31,12 +31,9 @@ from app.models import (
     MIN_PRIORITY,
     NO_FILTER,
     Backlog,
-    BacklogOut,
     BulkOut,
     BulkStatusUpdate,
     ErrorOut,
-    FailureOut,
-    FeishuUsageOut,
     IngestResponse,
     ItemOutcome,
     NewTask,
@@ -352,15 +349,10 @@ class TaskService:
         for status, count in counts.items():
             POOL_TASKS.labels(status).set(count)
         cycles = self._history.recent()
-        usage = self.store.feishu_usage()
         return StatsOut(
             counts=counts,
             counts_as_of=counted.as_of,
-            backlog=BacklogOut(
-                depth=backlog.depth, oldest_age_seconds=backlog.oldest_age_seconds, refused=backlog.refused
-            )
-            if backlog
-            else None,
+            backlog=backlog,
             queue=self.settings.celery_queue,
             queue_depth=depth,
             replenish_threshold=self.settings.replenish_threshold,
@@ -369,19 +361,8 @@ class TaskService:
             next_replenish=None,
             scheduler_owner=False,
             recent_cycles=cycles,
-            recent_failures=[
-                FailureOut(
-                    record_id=r.record_id,
-                    identifier=r.identifier,
-                    error=r.error,
-                    finished_at=r.finished_at,
-                    attempts=r.attempts,
-                )
-                for r in counted.recent_failures
-            ],
-            feishu=FeishuUsageOut(since=usage.since, calls=usage.calls, rate_limited=usage.rate_limited)
-            if usage
-            else None,
+            recent_failures=counted.recent_failures,
+            feishu=self.store.feishu_usage(),
         )
 
 
