@@ -79,8 +79,8 @@ def count_search(status: TaskStatus | None) -> dict[str, Any]:
 
 
 def _failure_fields(schema: Schema) -> list[str]:
-    """What /api/stats shows of a failed task, of the columns the table has."""
-    return [STATUS, *(name for name in (IDENTIFIER, ATTEMPTS, ERROR, FINISHED_AT) if schema.has(name))]
+    """What /api/stats shows of a failed task, of the columns the table has, and its creation to order by."""
+    return [STATUS, *(name for name in (IDENTIFIER, CREATED_AT, ATTEMPTS, ERROR, FINISHED_AT) if schema.has(name))]
 
 
 def status_scan(schema: Schema) -> dict[str, Any]:

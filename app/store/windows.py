@@ -176,6 +176,6 @@ class PoolCounts:
 
 
 def _newest(failed: list[TaskRecord]) -> tuple[TaskRecord, ...]:
-    """The newest failures first, as the FAILED search sorts them: by finish time, else by creation."""
-    by_time = sorted(failed, key=lambda r: r.finished_at or r.created_at or _NEVER, reverse=True)
+    """The newest failures first, as SQLite sorts them: by finish time, then those without one by creation."""
+    by_time = sorted(failed, key=lambda r: (r.finished_at or _NEVER, r.created_at or _NEVER), reverse=True)
     return tuple(by_time[:RECENT_FAILURES])

@@ -328,3 +328,19 @@ async def test_the_newest_failures_come_with_either_count_at_no_extra_call(new_s
     assert feishu.count("search") == 5
     assert counted.by_status == scanned.by_status == expected(PENDING=1, FAILED=11)
     assert counted.recent_failures == scanned.recent_failures
+
+
+async def test_a_small_pool_orders_failures_without_a_finish_time_as_sqlite_does(new_store, feishu):
+    """Finished ones first, newest first; then those failed by hand or by lease recovery, newest created first."""
+    created = 1_700_000_000_000
+    rows = [
+        {"Identifier": f"{n:064x}", "Status": "FAILED", "CreatedAt": created + n * 60_000, "Error": f"e{n}"}
+        for n in range(3)
+    ]
+    rows[0]["FinishedAt"] = created + 3_600_000
+    feishu.insert_rows(APP_TOKEN, TABLE_ID, rows)
+    store = await new_store(stats_cache_seconds=0)
+    feishu.reset_calls()
+    counted = await store.counts()
+    assert feishu.count("search") == 1  # the column read
+    assert [r.error for r in counted.recent_failures] == ["e0", "e2", "e1"]
